@@ -1,0 +1,135 @@
+// CShims.c — the non-inline part of the glue: ioctls, open flags, crc32c.
+#define _GNU_SOURCE
+#include "CShims.h"
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/sysmacros.h>
+#include <linux/fs.h>
+#include <linux/falloc.h>
+#include <pthread.h>
+
+const int CShims_O_DIRECT = O_DIRECT;
+const int CShims_O_EXCL = O_EXCL;
+const int CShims_O_CLOEXEC = O_CLOEXEC;
+
+int CShims_block_device_size(int fd, uint64_t *sizeBytes) {
+    return ioctl(fd, BLKGETSIZE64, sizeBytes) == 0 ? 0 : -errno;
+}
+
+int CShims_block_logical_sector_size(int fd, uint32_t *sizeBytes) {
+    int value = 0;
+    if (ioctl(fd, BLKSSZGET, &value) != 0) return -errno;
+    *sizeBytes = (uint32_t)value;
+    return 0;
+}
+
+int CShims_block_physical_sector_size(int fd, uint32_t *sizeBytes) {
+    unsigned int value = 0;
+    if (ioctl(fd, BLKPBSZGET, &value) != 0) return -errno;
+    *sizeBytes = value;
+    return 0;
+}
+
+int CShims_block_discard(int fd, uint64_t offset, uint64_t length) {
+    uint64_t range[2] = {offset, length};
+    return ioctl(fd, BLKDISCARD, range) == 0 ? 0 : -errno;
+}
+
+int CShims_file_punch_hole(int fd, uint64_t offset, uint64_t length) {
+    return fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, (off_t)offset, (off_t)length) == 0
+               ? 0 : -errno;
+}
+
+ssize_t CShims_pwritev2(int fd, const struct iovec *iov, int count, off_t offset, int flags) {
+    return pwritev2(fd, iov, count, offset, flags);
+}
+
+uint32_t CShims_major(uint64_t rdev) { return major((dev_t)rdev); }
+uint32_t CShims_minor(uint64_t rdev) { return minor((dev_t)rdev); }
+
+// ---------------------------------------------------------------------------------------------
+// crc32c. The portable path is the classic byte-at-a-time reflected table (slicing-by-8 for
+// speed); the hardware path uses the SSE4.2 CRC32 instruction 8 bytes at a time. Both use the
+// usual conventions: initial value ~0, final xor ~0, so `crc32c("123456789") == 0xE3069283`.
+static uint32_t crc32c_table[8][256];
+static pthread_once_t crc32c_once = PTHREAD_ONCE_INIT;
+static int crc32c_has_sse42 = 0;
+
+static void crc32c_init(void) {
+    for (uint32_t n = 0; n < 256; n++) {
+        uint32_t crc = n;
+        for (int k = 0; k < 8; k++) crc = (crc & 1) ? (crc >> 1) ^ 0x82F63B78u : crc >> 1;
+        crc32c_table[0][n] = crc;
+    }
+    for (uint32_t n = 0; n < 256; n++) {
+        uint32_t crc = crc32c_table[0][n];
+        for (int k = 1; k < 8; k++) {
+            crc = crc32c_table[0][crc & 0xff] ^ (crc >> 8);
+            crc32c_table[k][n] = crc;
+        }
+    }
+#if defined(__x86_64__)
+    __builtin_cpu_init();
+    crc32c_has_sse42 = __builtin_cpu_supports("sse4.2");
+#endif
+}
+
+uint32_t CShims_crc32c_portable(uint32_t crc, const void *data, size_t length) {
+    pthread_once(&crc32c_once, crc32c_init);
+    const uint8_t *p = (const uint8_t *)data;
+    crc = ~crc;
+    while (length && ((uintptr_t)p & 7)) {
+        crc = crc32c_table[0][(crc ^ *p++) & 0xff] ^ (crc >> 8);
+        length--;
+    }
+    while (length >= 8) {
+        uint64_t word;
+        memcpy(&word, p, 8);
+        word ^= crc;
+        crc = crc32c_table[7][word & 0xff] ^ crc32c_table[6][(word >> 8) & 0xff] ^
+              crc32c_table[5][(word >> 16) & 0xff] ^ crc32c_table[4][(word >> 24) & 0xff] ^
+              crc32c_table[3][(word >> 32) & 0xff] ^ crc32c_table[2][(word >> 40) & 0xff] ^
+              crc32c_table[1][(word >> 48) & 0xff] ^ crc32c_table[0][word >> 56];
+        p += 8;
+        length -= 8;
+    }
+    while (length--) crc = crc32c_table[0][(crc ^ *p++) & 0xff] ^ (crc >> 8);
+    return ~crc;
+}
+
+#if defined(__x86_64__)
+__attribute__((target("sse4.2")))
+static uint32_t crc32c_sse42(uint32_t crc, const void *data, size_t length) {
+    const uint8_t *p = (const uint8_t *)data;
+    uint64_t c = ~crc;
+    while (length && ((uintptr_t)p & 7)) {
+        c = __builtin_ia32_crc32qi((uint32_t)c, *p++);
+        length--;
+    }
+    while (length >= 8) {
+        uint64_t word;
+        memcpy(&word, p, 8);
+        c = __builtin_ia32_crc32di(c, word);
+        p += 8;
+        length -= 8;
+    }
+    while (length--) c = __builtin_ia32_crc32qi((uint32_t)c, *p++);
+    return ~(uint32_t)c;
+}
+#endif
+
+uint32_t CShims_crc32c(uint32_t crc, const void *data, size_t length) {
+    pthread_once(&crc32c_once, crc32c_init);
+#if defined(__x86_64__)
+    if (crc32c_has_sse42) return crc32c_sse42(crc, data, length);
+#endif
+    return CShims_crc32c_portable(crc, data, length);
+}
+
+int CShims_crc32c_hardware(void) {
+    pthread_once(&crc32c_once, crc32c_init);
+    return crc32c_has_sse42;
+}
