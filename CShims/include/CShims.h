@@ -57,25 +57,25 @@ static inline unsigned CShims_io_uring_reap(struct io_uring *ring, uint64_t *use
 /// Prepares a read or write (fixed buffer when `bufferIndex >= 0`, fixed file always) with
 /// `rw_flags` and user data in one call, so Swift touches the SQE's unions only here.
 static inline void CShims_io_uring_prep_rw(struct io_uring_sqe *sqe, int isWrite,
-                                           int fileIndex, void *buffer, unsigned length,
+                                           int file, int fixedFile, void *buffer, unsigned length,
                                            uint64_t offset, int bufferIndex, int rwFlags,
                                            uint64_t userData) {
     if (bufferIndex >= 0) {
-        if (isWrite) io_uring_prep_write_fixed(sqe, fileIndex, buffer, length, offset, bufferIndex);
-        else io_uring_prep_read_fixed(sqe, fileIndex, buffer, length, offset, bufferIndex);
+        if (isWrite) io_uring_prep_write_fixed(sqe, file, buffer, length, offset, bufferIndex);
+        else io_uring_prep_read_fixed(sqe, file, buffer, length, offset, bufferIndex);
     } else {
-        if (isWrite) io_uring_prep_write(sqe, fileIndex, buffer, length, offset);
-        else io_uring_prep_read(sqe, fileIndex, buffer, length, offset);
+        if (isWrite) io_uring_prep_write(sqe, file, buffer, length, offset);
+        else io_uring_prep_read(sqe, file, buffer, length, offset);
     }
     sqe->rw_flags = rwFlags; // after prep: io_uring_prep_rw zeroes it
-    sqe->flags |= IOSQE_FIXED_FILE;
+    if (fixedFile) sqe->flags |= IOSQE_FIXED_FILE;
     io_uring_sqe_set_data64(sqe, userData);
 }
 
-static inline void CShims_io_uring_prep_fdatasync(struct io_uring_sqe *sqe, int fileIndex,
+static inline void CShims_io_uring_prep_fdatasync(struct io_uring_sqe *sqe, int file, int fixedFile,
                                                   uint64_t userData) {
-    io_uring_prep_fsync(sqe, fileIndex, IORING_FSYNC_DATASYNC);
-    sqe->flags |= IOSQE_FIXED_FILE;
+    io_uring_prep_fsync(sqe, file, IORING_FSYNC_DATASYNC);
+    if (fixedFile) sqe->flags |= IOSQE_FIXED_FILE;
     io_uring_sqe_set_data64(sqe, userData);
 }
 
