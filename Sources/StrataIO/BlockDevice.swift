@@ -103,6 +103,12 @@ public final class BlockDevice: Sendable {
                 throw .system(path: path, operation: "stat", errno: code)
             }
         }
+        // What exists already is never resized: it must hold at least the size it would have
+        // been created at (OpenOptions.createSizeBytes).
+        var options = options
+        if !created, let createSize = options.createSizeBytes {
+            options.minimumSizeBytes = max(options.minimumSizeBytes, createSize)
+        }
         do {
             return try openExisting(path, info: info, options: options)
         } catch {
@@ -125,7 +131,15 @@ public final class BlockDevice: Sendable {
         }
         if !options.readOnly {
             if kind == .file && info.st_mode & 0o222 == 0 { throw .readOnly(path: path) }
-            if kind == .blockDevice { try checkNotInUse(path: path, rdev: UInt64(info.st_rdev)) }
+            if kind == .blockDevice {
+                // The kernel lets a read-only device (BLKROGET; `ro` in sysfs) be opened O_RDWR and
+                // then fails every write with EPERM: refuse it here, as for a read-only file.
+                let rdev = UInt64(info.st_rdev)
+                if readSmallFile("/sys/dev/block/\(CShims_major(rdev)):\(CShims_minor(rdev))/ro")?.hasPrefix("1") == true {
+                    throw .readOnly(path: path)
+                }
+                try checkNotInUse(path: path, rdev: rdev)
+            }
         }
         var flags = (options.readOnly ? O_RDONLY : O_RDWR) | CShims_O_CLOEXEC
         if options.direct { flags |= CShims_O_DIRECT }

@@ -121,6 +121,9 @@ public final class ScheduledEngine<Backend: IOBackend & ~Copyable>: IOEngine {
     @usableFromInline var registeredPoolIdentifier: UInt32 = 0
     @usableFromInline var faultCounter: UInt64 = 0
     @usableFromInline let queueDepth: Int
+    /// Fault injection is off in production: one Bool tested per completion, no struct copies.
+    @usableFromInline let faultsEnabled: Bool
+    @usableFromInline let shortTransferBytesMax: Int
     @usableFromInline let readMin: Int, readMax: Int, writeMin: Int, writeMax: Int
 
     init(devices: [BlockDevice], configuration: IOEngineConfiguration, backend: consuming Backend) {
@@ -128,6 +131,8 @@ public final class ScheduledEngine<Backend: IOBackend & ~Copyable>: IOEngine {
         self.configuration = configuration
         self.backend = backend
         queueDepth = configuration.queueDepth
+        faultsEnabled = configuration.faults != nil
+        shortTransferBytesMax = configuration.faults?.shortTransferBytesMax ?? Int.max
         readMin = configuration.readInFlightMin
         readMax = configuration.readInFlightMax
         writeMin = configuration.writeInFlightMin
@@ -289,8 +294,8 @@ public final class ScheduledEngine<Backend: IOBackend & ~Copyable>: IOEngine {
         let request = slots[Int(slot)]
         precondition(request.done <= request.length, "bytes done past the request length")
         var length = request.length - request.done
-        if let cap = configuration.faults?.shortTransferBytesMax, request.operation.usesBuffer {
-            length = min(length, max(cap, Int(devices[Int(request.deviceIndex)].logicalBlockSize)))
+        if faultsEnabled && request.operation.usesBuffer && length > shortTransferBytesMax {
+            length = max(shortTransferBytesMax, Int(devices[Int(request.deviceIndex)].logicalBlockSize))
         }
         backend.prepare(slot: slot, operation: request.operation, deviceIndex: Int(request.deviceIndex),
                         address: request.address.map { $0 + request.done }, length: length,
@@ -343,7 +348,7 @@ public final class ScheduledEngine<Backend: IOBackend & ~Copyable>: IOEngine {
         precondition(slot >= 0 && Int(slot) < slotCount && slots[Int(slot)].state == .inFlight,
                      "completion for slot \(slot) that is not in flight")
         var result = kernelResult
-        if configuration.faults != nil { result = injectFault(slot: slot, result: result) }
+        if faultsEnabled { result = injectFault(slot: slot, result: result) }
         let operation = slots[Int(slot)].operation
         if result == -EINTR || result == -EAGAIN {
             stats.retriesAfterEINTRorEAGAIN &+= 1
