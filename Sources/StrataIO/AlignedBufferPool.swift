@@ -80,6 +80,8 @@ public final class AlignedBufferPool {
     public let slabCount: Int
     public let identifier: UInt32
     public let region: UnsafeMutableRawPointer
+    private let mapping: UnsafeMutableRawPointer
+    private let mappingBytes: Int
 
     /// Slab state: -1 = whole slab free (on the free stack), -2 = whole slab in use,
     /// 0...256 = split into pages, that many free.
@@ -103,10 +105,18 @@ public final class AlignedBufferPool {
             throw .invalidConfiguration(name: "bufferPoolBudgetBytes", value: "\(budgetBytes)",
                                         reason: "must be a multiple of 1 MiB in 1 MiB...16 GiB")
         }
-        let mapped = mmap(nil, budgetBytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0)
-        guard let mapped, mapped != MAP_FAILED else {
+        // Map 2 MiB more than the budget and start the region at a 2 MiB boundary so huge
+        // pages can back it.
+        let hugePageBytes = 2 << 20
+        let mappingBytes = budgetBytes + hugePageBytes
+        let mapping = mmap(nil, mappingBytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0)
+        guard let mapping, mapping != MAP_FAILED else {
             throw .bufferPoolExhausted(requestedBytes: budgetBytes, budgetBytes: budgetBytes)
         }
+        let misalignment = Int(bitPattern: mapping) % hugePageBytes
+        let mapped = mapping + (misalignment == 0 ? 0 : hugePageBytes - misalignment)
+        self.mapping = mapping
+        self.mappingBytes = mappingBytes
         self.budgetBytes = budgetBytes
         self.slabCount = budgetBytes / AlignedBufferPool.slabBytes
         self.region = mapped
@@ -125,13 +135,18 @@ public final class AlignedBufferPool {
                                  iov_len: AlignedBufferPool.slabBytes)
         }
         bitmaps.initialize(repeating: 0, count: slabCount * 4)
+        // Ask for transparent huge pages (system setting "madvise" here): with 4 KiB pages the
+        // kernel maps and pins 256 pages per 1 MiB O_DIRECT request; with 2 MiB pages, one.
+        // perf/ measured 1 MiB reads at ~1.0 GiB/s on 4 KiB pages and 3.1–3.4 GiB/s on huge
+        // pages. Advisory: failure (no THP) leaves ordinary pages.
+        _ = madvise(mapped, budgetBytes, MADV_HUGEPAGE)
         // Touch every page now so the first I/O does not fault (warm-up, not the hot path).
         memset(mapped, 0, budgetBytes)
     }
 
     deinit {
         precondition(buffersInUse == 0, "AlignedBufferPool destroyed with \(buffersInUse) buffers outstanding")
-        munmap(region, budgetBytes)
+        munmap(mapping, mappingBytes)
         slabFreePages.deallocate()
         bitmaps.deallocate()
         freeSlabs.deallocate()

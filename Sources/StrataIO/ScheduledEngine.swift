@@ -121,6 +121,7 @@ public final class ScheduledEngine<Backend: IOBackend & ~Copyable>: IOEngine {
     @usableFromInline var registeredPoolIdentifier: UInt32 = 0
     @usableFromInline var faultCounter: UInt64 = 0
     @usableFromInline let queueDepth: Int
+    @usableFromInline let submitBatch: Int
     /// Fault injection is off in production: one Bool tested per completion, no struct copies.
     @usableFromInline let faultsEnabled: Bool
     @usableFromInline let shortTransferBytesMax: Int
@@ -131,6 +132,7 @@ public final class ScheduledEngine<Backend: IOBackend & ~Copyable>: IOEngine {
         self.configuration = configuration
         self.backend = backend
         queueDepth = configuration.queueDepth
+        submitBatch = configuration.submitBatch
         faultsEnabled = configuration.faults != nil
         shortTransferBytesMax = configuration.faults?.shortTransferBytesMax ?? Int.max
         readMin = configuration.readInFlightMin
@@ -239,6 +241,7 @@ public final class ScheduledEngine<Backend: IOBackend & ~Copyable>: IOEngine {
         linkTail = linkNext ? slot : -1
         linkPredecessorErrno = 0
         dispatch()
+        if backend.preparedCount >= submitBatch { try enter(waitCount: 0) }
     }
 
     @inlinable
