@@ -200,16 +200,18 @@ enum StrataRunner {
         let deadline = p.runtimeNanoseconds == .max ? UInt64.max : start &+ p.runtimeNanoseconds
         var end = start
 
+        /// The next request's offset: sequential with wrap-around, or uniformly random.
+        func nextOffset() -> UInt64 {
+            if !sequential { return random.next(below: blocks) * blockSize }
+            let offset = sequentialNext * blockSize
+            sequentialNext += 1
+            if sequentialNext == blocks { sequentialNext = 0 }
+            return offset
+        }
+
         do {
             for tag in 0..<depth where submitted < p.requestLimit {
-                let offset: UInt64
-                if sequential {
-                    offset = sequentialNext * blockSize
-                    sequentialNext += 1
-                    if sequentialNext == blocks { sequentialNext = 0 }
-                } else {
-                    offset = random.next(below: blocks) * blockSize
-                }
+                let offset = nextOffset()
                 submitTimes[tag] = start
                 try engine.submit(operation, deviceIndex: 0, offset: offset, buffer: stash[tag].take(), tag: UInt64(tag))
                 submitted += 1
@@ -251,14 +253,7 @@ enum StrataRunner {
                 for k in 0..<readyCount {
                     if submitted >= p.requestLimit { break }
                     let tag = Int(ready[k])
-                    let offset: UInt64
-                    if sequential {
-                        offset = sequentialNext * blockSize
-                        sequentialNext += 1
-                        if sequentialNext == blocks { sequentialNext = 0 }
-                    } else {
-                        offset = random.next(below: blocks) * blockSize
-                    }
+                    let offset = nextOffset()
                     submitTimes[tag] = now
                     try engine.submit(operation, deviceIndex: 0, offset: offset, buffer: stash[tag].take(), tag: UInt64(tag))
                     submitted += 1

@@ -5,5 +5,11 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 swift build --build-tests
-swift test --skip-build 2>&1 | tee /tmp/strata-test.log
+log="$(mktemp)"
+swift test --skip-build 2>&1 | tee "$log"
 swift run strata-perf io --smoke
+# A plain summary line for tools that read the last line of a run.
+count="$(grep -Eo 'Test run with [0-9]+ tests' "$log" | tail -1 | grep -Eo '[0-9]+' || true)"
+rm -f "$log"
+if [ -z "$count" ] || [ "$count" -eq 0 ]; then echo "tests: no test ran"; exit 1; fi
+echo "tests: $count passed, 0 failed"
