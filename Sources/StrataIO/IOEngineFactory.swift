@@ -44,10 +44,16 @@ public enum IOEngineFactory {
 
     /// Why io_uring cannot be used here, from the sysctl alone (nil: try it).
     public static func ioUringDisabledReason() -> String? {
-        guard let text = readSmallFile("/proc/sys/kernel/io_uring_disabled") else { return nil }
+        ioUringDisabledReason(sysctl: readSmallFile("/proc/sys/kernel/io_uring_disabled"), privileged: geteuid() == 0)
+    }
+
+    /// The decision itself: 0 (or no such sysctl, before 6.6) = on; 1 = only privileged
+    /// processes; 2 = off for everyone.
+    public static func ioUringDisabledReason(sysctl: String?, privileged: Bool) -> String? {
+        guard let text = sysctl else { return nil }
         switch text.trimmingCharacters() {
         case "2": return "kernel.io_uring_disabled=2"
-        case "1" where geteuid() != 0: return "kernel.io_uring_disabled=1 and not privileged"
+        case "1" where !privileged: return "kernel.io_uring_disabled=1 and not privileged"
         default: return nil
         }
     }
