@@ -185,7 +185,6 @@ enum StrataRunner {
         var random = FastRandom(seed: p.seed)
         var sequentialNext: UInt64 = 0
         let sequential = p.pattern == .sequential
-        let submitEach = p.submitEach
 
         var submitted: UInt64 = 0
         var inFlight = 0
