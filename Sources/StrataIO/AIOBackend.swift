@@ -26,7 +26,7 @@ public struct AIOBackend: IOBackend, ~Copyable {
 
     public var preparedCount: Int { prepared }
 
-    init(devices: [BlockDevice], configuration: IOEngineConfiguration) throws(IOError) {
+    public init(devices: [BlockDevice], configuration: IOEngineConfiguration) throws(IOError) {
         var context: io_context_t? = nil
         let rc = io_setup(Int32(configuration.queueDepth), &context)
         guard rc == 0 else {
@@ -87,12 +87,20 @@ public struct AIOBackend: IOBackend, ~Copyable {
             }
             prepared -= taken
         }
-        if waitCount > 0 && eventsConsumed == eventsReady {
-            let rc = io_getevents(context, waitCount, eventsMax, events, nil)
-            if rc < 0 { return rc }
-            eventsReady = Int(rc)
-            eventsConsumed = 0
-        }
+        return waitCount > 0 ? waitForCompletions(waitCount) : 0
+    }
+
+    @inlinable
+    public mutating func waitForCompletion() -> Int32 { waitForCompletions(1) }
+
+    /// Blocks in io_getevents until `count` events are in; they wait in `events` for `harvest`.
+    @inlinable
+    mutating func waitForCompletions(_ count: Int) -> Int32 {
+        guard eventsConsumed == eventsReady else { return 0 }
+        let rc = io_getevents(context, count, eventsMax, events, nil)
+        if rc < 0 { return rc }
+        eventsReady = Int(rc)
+        eventsConsumed = 0
         return 0
     }
 
@@ -116,11 +124,3 @@ public struct AIOBackend: IOBackend, ~Copyable {
 }
 
 public typealias AIOEngine = ScheduledEngine<AIOBackend>
-
-extension ScheduledEngine where Backend == AIOBackend {
-    public convenience init(devices: [BlockDevice], configuration: IOEngineConfiguration = IOEngineConfiguration()) throws(IOError) {
-        try configuration.validate()
-        let backend = try AIOBackend(devices: devices, configuration: configuration)
-        self.init(devices: devices, configuration: configuration, backend: backend)
-    }
-}

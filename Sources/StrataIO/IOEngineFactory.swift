@@ -51,7 +51,7 @@ public enum IOEngineFactory {
     /// processes; 2 = off for everyone.
     public static func ioUringDisabledReason(sysctl: String?, privileged: Bool) -> String? {
         guard let text = sysctl else { return nil }
-        switch text.trimmingCharacters() {
+        switch Substring(text).trimmingSpaces {
         case "2": return "kernel.io_uring_disabled=2"
         case "1" where !privileged: return "kernel.io_uring_disabled=1 and not privileged"
         default: return nil
@@ -63,8 +63,4 @@ public enum IOEngineFactory {
             Diagnostics.log("io_uring unavailable (\(reason)); using the libaio engine")
         }
     }
-}
-
-extension String {
-    func trimmingCharacters() -> String { String(Substring(self).trimmingSpaces) }
 }

@@ -31,12 +31,17 @@ import CShims
 /// What a backend does: prepare kernel requests, push them, report completions.
 public protocol IOBackend: ~Copyable {
     static var kind: IOEngineKind { get }
+    /// Sets up the kernel queue for `devices` (in this order: the device index of a request).
+    init(devices: [BlockDevice], configuration: IOEngineConfiguration) throws(IOError)
     /// Prepares one kernel request for `slot`, sent at the next `enter`.
     mutating func prepare(slot: Int32, operation: IOOperation, deviceIndex: Int, address: UnsafeMutableRawPointer?,
                           length: Int, offset: UInt64, registeredIndex: Int32)
     /// Sends prepared requests, then waits until `waitCount` completions are available (0: no
     /// wait). Returns 0 or a negative errno (EINTR, EAGAIN, EBUSY: the core harvests and retries).
     mutating func enter(waitCount: Int) -> Int32
+    /// Waits, without submitting anything, until at least one completion is available. Used
+    /// when submission itself is refused (EAGAIN/EBUSY) and only a completion can make room.
+    mutating func waitForCompletion() -> Int32
     /// Copies out the completions that are ready, without blocking.
     mutating func harvest(_ body: (Int32, Int32) -> Void) -> Int
     /// Registers the pool's slabs as fixed buffers. False when unsupported or refused.
@@ -158,6 +163,13 @@ public final class ScheduledEngine<Backend: IOBackend & ~Copyable>: IOEngine {
         slots.deallocate()
     }
 
+    /// An engine over `devices` (their order gives each request's `deviceIndex`).
+    public convenience init(devices: [BlockDevice], configuration: IOEngineConfiguration = IOEngineConfiguration()) throws(IOError) {
+        try configuration.validate()
+        let backend = try Backend(devices: devices, configuration: configuration)
+        self.init(devices: devices, configuration: configuration, backend: backend)
+    }
+
     public var outstandingCount: Int { slotCount - freeList.count }
     @inlinable var inFlight: Int { readsInFlight + writesInFlight }
 
@@ -204,14 +216,15 @@ public final class ScheduledEngine<Backend: IOBackend & ~Copyable>: IOEngine {
         guard !freeList.isEmpty else { throw .backlogFull(slots: slotCount) }
         let slot = freeList.pop(slots)
         precondition(slots[Int(slot)].state == .free, "slot on the free list must be free")
-        slots[Int(slot)] = RequestSlot()
-        slots[Int(slot)].tag = tag
-        slots[Int(slot)].offset = offset
-        slots[Int(slot)].address = address
-        slots[Int(slot)].length = length
-        slots[Int(slot)].registeredIndex = registeredIndex
-        slots[Int(slot)].deviceIndex = Int32(deviceIndex)
-        slots[Int(slot)].operation = operation
+        var request = RequestSlot()
+        request.tag = tag
+        request.offset = offset
+        request.address = address
+        request.length = length
+        request.registeredIndex = registeredIndex
+        request.deviceIndex = Int32(deviceIndex)
+        request.operation = operation
+        slots[Int(slot)] = request
         (buffers + Int(slot)).pointee = buffer
         stats.submitted &+= 1
 
@@ -326,7 +339,7 @@ public final class ScheduledEngine<Backend: IOBackend & ~Copyable>: IOEngine {
                 // The kernel is out of room for completions or requests: reap, then retry.
                 stats.submitBusyRetries &+= 1
                 if harvestAll() == 0 && inFlight > 0 {
-                    _ = backend.enter(waitCount: 1)
+                    _ = backend.waitForCompletion()
                     harvestAll()
                 }
                 if waitCount > 0 && completed.count > 0 { return }
@@ -425,8 +438,7 @@ public final class ScheduledEngine<Backend: IOBackend & ~Copyable>: IOEngine {
             }
             let buffer = (buffers + Int(slot)).move()
             (buffers + Int(slot)).initialize(to: nil)
-            slots[Int(slot)].state = .free
-            slots[Int(slot)].address = nil
+            slots[Int(slot)].state = .free   // the rest is rewritten whole at the next submit
             freeList.push(slot, slots)
             count += 1
             body(IOCompletion(tag: request.tag, operation: request.operation, deviceIndex: Int(request.deviceIndex),

@@ -30,7 +30,7 @@ public struct URingBackend: IOBackend, ~Copyable {
 
     public var preparedCount: Int { prepared }
 
-    init(devices: [BlockDevice], configuration: IOEngineConfiguration) throws(IOError) {
+    public init(devices: [BlockDevice], configuration: IOEngineConfiguration) throws(IOError) {
         paths = devices.map(\.path).joined(separator: ", ")
         ring = .allocate(capacity: 1)
         ring.initialize(to: io_uring())
@@ -126,6 +126,14 @@ public struct URingBackend: IOBackend, ~Copyable {
     }
 
     @inlinable
+    public mutating func waitForCompletion() -> Int32 {
+        // io_uring_wait_cqe enters with GETEVENTS and nothing to submit; the CQE stays in the
+        // ring for `harvest`.
+        var cqe: UnsafeMutablePointer<io_uring_cqe>? = nil
+        return io_uring_wait_cqe(ring, &cqe)
+    }
+
+    @inlinable
     public mutating func harvest(_ body: (Int32, Int32) -> Void) -> Int {
         let count = Int(CShims_io_uring_reap(ring, userData, results, UInt32(harvestMax)))
         for index in 0..<count { body(Int32(truncatingIfNeeded: userData[index]), results[index]) }
@@ -136,13 +144,6 @@ public struct URingBackend: IOBackend, ~Copyable {
 public typealias URingEngine = ScheduledEngine<URingBackend>
 
 extension ScheduledEngine where Backend == URingBackend {
-    /// An io_uring engine over `devices` (registered as fixed files, in this order).
-    public convenience init(devices: [BlockDevice], configuration: IOEngineConfiguration = IOEngineConfiguration()) throws(IOError) {
-        try configuration.validate()
-        let backend = try URingBackend(devices: devices, configuration: configuration)
-        self.init(devices: devices, configuration: configuration, backend: backend)
-    }
-
     /// The io_uring setup flags the kernel accepted.
     public var ringSetupFlags: UInt32 { backend.setupFlags }
 }

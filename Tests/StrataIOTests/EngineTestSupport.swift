@@ -47,8 +47,3 @@ struct SeededGenerator: RandomNumberGenerator {
         return state
     }
 }
-
-/// Collects completions (buffers are dropped back to their pool unless kept).
-final class CompletionLog {
-    var completions: [IOCompletion] = []
-}
