@@ -247,6 +247,13 @@ struct EngineConformanceTests {
                     let pool = try AlignedBufferPool(budgetBytes: 4 << 20)
                     engine.register(pool)
                     let base = UInt64(thread) * regionBytes
+                    /// Round 0 writes, round 1 reads back: every completion succeeds, reads match.
+                    func check(_ completion: IOCompletion, _ buffer: consuming IOBuffer?, _ round: Int) {
+                        if !completion.succeeded { errors.add("thread \(thread): errno \(completion.errno)") }
+                        if round == 1, let buffer, !EngineFixture.matches(buffer.bytes, seed: UInt64(thread), offset: completion.tag) {
+                            errors.add("thread \(thread): mismatch at \(completion.tag)")
+                        }
+                    }
                     for round in 0..<2 {
                         for piece in 0..<64 {
                             let offset = base + UInt64(piece) * 65536
@@ -258,21 +265,11 @@ struct EngineConformanceTests {
                                 try engine.submit(.read, deviceIndex: 0, offset: offset, buffer: try pool.allocate(byteCount: 65536), tag: offset)
                             }
                             if engine.outstandingCount >= 4 {
-                                try engine.reap(minimum: 1) { completion, buffer in
-                                    if !completion.succeeded { errors.add("thread \(thread): errno \(completion.errno)") }
-                                    if round == 1, let buffer, !EngineFixture.matches(buffer.bytes, seed: UInt64(thread), offset: completion.tag) {
-                                        errors.add("thread \(thread): mismatch at \(completion.tag)")
-                                    }
-                                }
+                                try engine.reap(minimum: 1) { check($0, $1, round) }
                             }
                         }
                         while engine.outstandingCount > 0 {
-                            try engine.reap(minimum: 1) { completion, buffer in
-                                if !completion.succeeded { errors.add("thread \(thread): errno \(completion.errno)") }
-                                if round == 1, let buffer, !EngineFixture.matches(buffer.bytes, seed: UInt64(thread), offset: completion.tag) {
-                                    errors.add("thread \(thread): mismatch at \(completion.tag)")
-                                }
-                            }
+                            try engine.reap(minimum: 1) { check($0, $1, round) }
                         }
                     }
                 } catch {
