@@ -10,6 +10,10 @@ let package = Package(
     platforms: [.macOS(.v15)],
     products: [
         .library(name: "StrataIO", targets: ["StrataIO"]),
+        .library(name: "StrataPool", targets: ["StrataPool"]),
+        .library(name: "StrataTesting", targets: ["StrataTesting"]),
+        .executable(name: "strata", targets: ["strata"]),
+        .executable(name: "strata-crash", targets: ["strata-crash"]),
         .executable(name: "strata-perf", targets: ["strata-perf"]),
     ],
     dependencies: [
@@ -29,10 +33,40 @@ let package = Package(
             path: "Sources/StrataIO",
             swiftSettings: [.unsafeFlags(["-enforce-exclusivity=unchecked"])]
         ),
+        .target(
+            name: "StrataPool",
+            dependencies: ["StrataIO", "CShims"],
+            path: "Sources/StrataPool",
+            swiftSettings: [.unsafeFlags(["-enforce-exclusivity=unchecked"])]
+        ),
+        // Crash-injection harness: recording and fault-injecting devices, crash images, oracle.
+        // A product: users link it to crash-test their own servers. Depends only on the device
+        // protocol it fakes (StrataIO.BlockStorage); the pool is one client among others.
+        .target(
+            name: "StrataTesting",
+            dependencies: ["StrataIO"],
+            path: "Sources/StrataTesting"
+        ),
+        .executableTarget(
+            name: "strata",
+            dependencies: [
+                "StrataIO", "StrataPool",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ],
+            path: "Sources/strata"
+        ),
+        .executableTarget(
+            name: "strata-crash",
+            dependencies: [
+                "StrataIO", "StrataPool", "StrataTesting",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ],
+            path: "Sources/strata-crash"
+        ),
         .executableTarget(
             name: "strata-perf",
             dependencies: [
-                "StrataIO",
+                "StrataIO", "StrataPool",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
             path: "perf"
@@ -44,6 +78,16 @@ let package = Package(
             name: "StrataIOTests",
             dependencies: ["StrataIO", "CShims", "AllocCounter"],
             path: "Tests/StrataIOTests"
+        ),
+        .testTarget(
+            name: "StrataPoolTests",
+            dependencies: ["StrataPool", "StrataIO"],
+            path: "Tests/StrataPoolTests"
+        ),
+        .testTarget(
+            name: "StrataTestingTests",
+            dependencies: ["StrataTesting", "StrataPool", "StrataIO"],
+            path: "Tests/StrataTestingTests"
         ),
     ],
     swiftLanguageModes: [.v6]

@@ -1,0 +1,2 @@
+// strata — placeholder until the pool CLI lands.
+print("strata: not built yet")
