@@ -36,6 +36,8 @@ public enum PoolError: Error, Equatable, CustomStringConvertible, Sendable {
     case ambiguousPools(names: [String])
     /// The pool is open read-only.
     case readOnly(poolName: String)
+    /// A checksummed pool structure (space map, table) failed verification.
+    case corruptMetadata(path: String, detail: String)
     /// No space in a class (with copies): nothing was allocated.
     case noSpace(String)
     /// An I/O error from a device.
@@ -67,6 +69,7 @@ public enum PoolError: Error, Equatable, CustomStringConvertible, Sendable {
         case .ambiguousPools(let names):
             return "several pools found (\(names.joined(separator: ", "))): name the one to import"
         case .readOnly(let name): return "pool '\(name)' is imported read-only"
+        case .corruptMetadata(let path, let detail): return "\(path): corrupt pool metadata: \(detail)"
         case .noSpace(let message): return message
         case .io(let error): return error.description
         }

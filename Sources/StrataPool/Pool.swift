@@ -1,0 +1,75 @@
+// Pool — a named set of devices with roles, opened from its labels, committed by uberblocks.
+//
+// Theory. A pool is created once (`Pool.create`), then imported (`Pool.importPool`) every time
+// a process wants it, and exported when that process is done with it. Everything the pool knows
+// about itself is on its devices:
+//
+//   - the configuration (name, UUID, members and their roles and sizes, policy), in two
+//     generation-numbered slots of both labels of every device (PoolConfiguration.swift);
+//   - the uberblock ring in both labels of every device (Uberblock.swift), whose newest valid
+//     entry names the configuration generation in force, each device's space-map copy, and the
+//     roots of the layers above;
+//   - the space maps, two copies per device (DeviceLayout.swift, Pool+SpaceMaps.swift).
+//
+// Commit protocol (`commitCheckpoint`), the only way anything becomes part of the pool's state:
+//   1. the allocator closes checkpoint N for frees;
+//   2. each device's changed space-map blocks are encoded (a snapshot) and written to the copy
+//      that checkpoint N-1 did not name, with that copy's checksum table;
+//   3. every device is flushed: all that uberblock N will point to is now durable;
+//   4. uberblock N is written with FUA into slot N % 32 of both labels of every device;
+//   5. the allocator learns that N is durable and releases the frees of N-1.
+// A crash before step 4 completes on at least one device leaves uberblock N-1 the newest valid
+// one, and everything it names is intact (its space-map copy was not written, its configuration
+// slot was not overwritten). A crash during step 4 may tear N on some devices; torn copies fail
+// their checksum and are skipped; any intact copy of N is as good as all of them.
+//
+// Concurrency: the control-plane methods (commit, setPolicy, export, status) serialize on one
+// lock; the allocator has its own lock and is safe to use from any thread between commits.
+
+import StrataIO
+import Synchronization
+
+public final class Pool: Sendable {
+    /// The devices, indexed like `configuration.members`.
+    public let devices: [any BlockStorage]
+    public let isReadOnly: Bool
+    public let allocator: PoolAllocator
+    let state: Mutex<PoolState>
+
+    struct PoolState: Sendable {
+        var configuration: PoolConfiguration
+        var uberblock: Uberblock
+        var spaceMaps: [SpaceMapCopies]
+        /// Per device: label slots found damaged at import (and since repaired, when writable).
+        var labelDamage: [[String]]
+        var importReport = ImportReport(wasExported: false, skipped: [])
+        var isClosed = false
+        /// Set when a commit failed part-way; every later commit is refused.
+        var failure: String? = nil
+    }
+
+    init(devices: [any BlockStorage], isReadOnly: Bool, allocator: PoolAllocator, state: PoolState) {
+        precondition(devices.count == state.configuration.members.count, "\(devices.count) devices for \(state.configuration.members.count) members")
+        precondition(state.spaceMaps.count == devices.count)
+        self.devices = devices
+        self.isReadOnly = isReadOnly
+        self.allocator = allocator
+        self.state = Mutex(state)
+    }
+
+    public var configuration: PoolConfiguration { state.withLock { $0.configuration } }
+    public var name: String { configuration.name }
+    public var uuid: PoolUUID { configuration.uuid }
+    /// The newest committed uberblock.
+    public var uberblock: Uberblock { state.withLock { $0.uberblock } }
+
+    static func nowNs() -> UInt64 {
+        var time = timespec()
+        clock_gettime(CLOCK_REALTIME, &time)
+        return UInt64(time.tv_sec) * 1_000_000_000 + UInt64(time.tv_nsec)
+    }
+}
+
+#if canImport(Glibc)
+import Glibc
+#endif

@@ -1,2 +1,0 @@
-// strata — placeholder until the pool CLI lands.
-print("strata: not built yet")
