@@ -66,7 +66,7 @@ let package = Package(
         .executableTarget(
             name: "strata-perf",
             dependencies: [
-                "StrataIO", "StrataPool",
+                "StrataIO", "StrataPool", "StrataTesting",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
             path: "perf"

@@ -1,2 +1,178 @@
-// strata-crash — placeholder until the crash harness CLI lands.
-print("strata-crash: not built yet")
+// strata-crash — the crash harness from the command line.
+//
+//   strata-crash [--workload kv-random] [--bug NAME]... [--seed 42] [--images 2000]
+//                [--memory-budget 256M] [--long] [--replay SEED:STEP:IMAGE] [--list]
+//
+// Runs a workload of a system under test (today: the fixture store, optionally with planted
+// bugs) for consecutive seeds from --seed until --images crash images are checked, prints each
+// violation with the one command that replays it, and ends with a summary line:
+//
+//   crash: 2417 images, 0 violations (seed 42)
+//
+// Exit status: 0 clean, 1 violations found, 2 the harness could not run (operation failed
+// without a crash, memory budget exceeded), 64 bad input. See docs/crash-testing.md.
+
+import ArgumentParser
+import Foundation
+import StrataIO
+import StrataTesting
+
+struct StrataCrash: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "strata-crash",
+        abstract: "Record a workload, build every crash image the crash model allows, reopen each and check the durability contract.",
+        discussion: """
+        Workloads: \(FixtureStoreSystem.workloads.map { "\($0.name) (\($0.summary))" }.joined(separator: "; ")).
+        Planted bugs (--bug, repeatable): \(FixtureStore.Bugs.named.map(\.name).joined(separator: ", ")).
+        Each violation prints SEED:STEP:IMAGE and a command that replays exactly that image.
+        """
+    )
+
+    @Option(help: "Workload name (see --list).")
+    var workload: String = "kv-random"
+
+    @Option(help: "Plant a bug in the fixture store (repeatable): ack-before-flush, root-without-checksum, reuse-freed-block, replay-torn-tail.")
+    var bug: [String] = []
+
+    @Option(help: "First seed (for exhaustive workloads: the first case index).")
+    var seed: UInt64 = 42
+
+    @Option(help: "Check at least this many crash images (default 2000; --long 100000).")
+    var images: Int?
+
+    @Option(name: .customLong("memory-budget"), help: "Memory budget of each recording, bytes or with K/M/G suffix (default 256M).")
+    var memoryBudget: String = "256M"
+
+    @Option(help: "Crash the recovery of every n-th image (0: never).")
+    var recoveryEvery: Int = 8
+
+    @Option(help: "Replay one image: SEED:STEP:IMAGE or SEED:STEP:IMAGE.RECOVERY, as printed by a violation.")
+    var replay: String?
+
+    @Flag(help: "Long mode: 100,000 images by default, progress every 10,000.")
+    var long = false
+
+    @Option(help: "Print at most this many violations in full.")
+    var violationsShown: Int = 10
+
+    @Flag(help: "List workloads and bugs, then exit.")
+    var list = false
+
+    func validate() throws {
+        if let images, images <= 0 { throw ValidationError("--images must be positive, not \(images)") }
+        if recoveryEvery < 0 { throw ValidationError("--recovery-every must be ≥ 0") }
+        _ = try parsedBugs()
+        _ = try parsedBudget()
+        if let replay {
+            do { _ = try ReplayAddress(parsing: replay) } catch { throw ValidationError(error.description) }
+        }
+        do { _ = try FixtureStoreSystem.workload(named: workload) } catch { throw ValidationError(error.description) }
+    }
+
+    func parsedBugs() throws -> FixtureStore.Bugs {
+        var bugs: FixtureStore.Bugs = []
+        for name in bug {
+            guard let match = FixtureStore.Bugs.named.first(where: { $0.name == name }) else {
+                throw ValidationError("unknown bug '\(name)' (known: \(FixtureStore.Bugs.named.map(\.name).joined(separator: ", ")))")
+            }
+            bugs.insert(match.bug)
+        }
+        return bugs
+    }
+
+    func parsedBudget() throws -> Int {
+        let text = memoryBudget.uppercased().replacingOccurrences(of: "IB", with: "").replacingOccurrences(of: "B", with: "")
+        let multipliers: [Character: Int] = ["K": 1 << 10, "M": 1 << 20, "G": 1 << 30]
+        var digits = Substring(text)
+        var multiplier = 1
+        if let last = text.last, let value = multipliers[last] {
+            multiplier = value
+            digits = digits.dropLast()
+        }
+        guard let number = Int(digits), number > 0, number <= Int.max / multiplier else {
+            throw ValidationError("--memory-budget '\(memoryBudget)' is not a positive size like 4096, 64M or 1G")
+        }
+        return number * multiplier
+    }
+
+    func run() throws {
+        if list {
+            for workload in FixtureStoreSystem.workloads {
+                print("\(workload.name): \(workload.summary)" + (workload.caseCount.map { " [\($0) cases]" } ?? ""))
+            }
+            print("bugs: \(FixtureStore.Bugs.named.map(\.name).joined(separator: ", "))")
+            return
+        }
+        let bugs = try parsedBugs()
+        let workload = try FixtureStoreSystem.workload(named: workload)
+        var prefix = "strata-crash"
+        for name in bug { prefix += " --bug \(name)" }
+        if recoveryEvery != 8 { prefix += " --recovery-every \(recoveryEvery)" }
+        let options = CrashRunOptions(memoryBudgetBytes: try parsedBudget(), recoveryCrashEvery: recoveryEvery,
+                                      replayCommandPrefix: prefix)
+        let runner = CrashRunner(system: FixtureStoreSystem(bugs: bugs), options: options)
+        do {
+            if let replay {
+                try runReplay(runner, workload: workload, address: try ReplayAddress(parsing: replay))
+            } else {
+                try runImages(runner, workload: workload)
+            }
+        } catch let error as CrashTestError {
+            FileHandle.standardError.write("strata-crash: error: \(error)\n".data(using: .utf8)!)
+            throw ExitCode(2)
+        }
+    }
+
+    func runReplay(_ runner: CrashRunner<FixtureStoreSystem>, workload: Workload<FixtureOperation>, address: ReplayAddress) throws {
+        let report = try runner.replay(workload, address: address)
+        print("replay \(address) of \(workload.name):")
+        for line in report.details { print(line) }
+        if report.problems.isEmpty {
+            print("replay \(address): image keeps the contract")
+        } else {
+            print("replay \(address): violation")
+            for problem in report.problems { print("  - \(problem)") }
+            throw ExitCode(1)
+        }
+    }
+
+    func runImages(_ runner: CrashRunner<FixtureStoreSystem>, workload: Workload<FixtureOperation>) throws {
+        let target = images ?? (long ? 100_000 : 2000)
+        let start = Date()
+        var report = CrashRunReport()
+        var next = seed
+        var nextProgress = 10_000
+        var violationCount = 0
+        while report.totalImages < target {
+            if let count = workload.caseCount, next >= count {
+                if next == seed { throw CrashTestError.seedOutOfRange(workload: workload.name, seed: next, caseCount: count) }
+                break
+            }
+            let run = try runner.run(workload, seed: next)
+            for violation in run.violations where report.violations.count < violationsShown {
+                print(violation)
+                report.violations.append(violation)
+            }
+            violationCount += run.violations.count
+            var counts = run
+            counts.violations = []
+            report.merge(counts)
+            next += 1
+            if long, report.totalImages >= nextProgress {
+                let seconds = Date().timeIntervalSince(start)
+                print("  \(report.totalImages) images, \(violationCount) violations, \(String(format: "%.0f", Double(report.totalImages) / seconds)) images/s")
+                nextProgress += 10_000
+            }
+        }
+        let seconds = Date().timeIntervalSince(start)
+        let rate = Double(report.totalImages) / max(seconds, 1e-9)
+        print("crash: \(report.totalImages) images, \(violationCount) violations (seed \(seed))")
+        print("  \(workload.name): seeds \(seed)..<\(next), \(report.runs) runs, \(report.operationsRun) operations, "
+              + "\(report.writesRecorded) writes, \(report.flushesRecorded) flushes, \(report.imagesChecked) images + "
+              + "\(report.recoveryImagesChecked) crashed-recovery images in \(String(format: "%.1f", seconds)) s "
+              + "(\(String(format: "%.0f", rate)) images/s)")
+        if violationCount > 0 { throw ExitCode(1) }
+    }
+}
+
+StrataCrash.main()

@@ -1,2 +1,0 @@
-// StrataTesting — crash-injection harness (issue 5). Placeholder until the harness lands.
-import StrataIO
