@@ -4,7 +4,7 @@
 // devices (same path, same inode, same block device), sizes, copies the roles can satisfy, and
 // existing Strata labels (refused unless forced). Files that `create` made for a PATH:SIZE member
 // are removed again when a later check fails, so a failed create leaves the devices as they were.
-// The write order is the commit protocol's: labels and space maps, flush, then uberblock 1 (FUA).
+// The write order is the commit protocol's: labels and space maps, flush, then uberblock 1, flush.
 
 import StrataIO
 

@@ -16,7 +16,8 @@
 //   2. each device's changed space-map blocks are encoded (a snapshot) and written to the copy
 //      that checkpoint N-1 did not name, with that copy's checksum table;
 //   3. every device is flushed: all that uberblock N will point to is now durable;
-//   4. uberblock N is written with FUA into slot N % 32 of both labels of every device;
+//   4. uberblock N is written into slot N % 32 of both labels of every device, and each device
+//      is flushed (steps 3 and 4 run on all devices side by side: DeviceFanOut.swift);
 //   5. the allocator learns that N is durable and releases the frees of N-1.
 // A crash before step 4 completes on at least one device leaves uberblock N-1 the newest valid
 // one, and everything it names is intact (its space-map copy was not written, its configuration

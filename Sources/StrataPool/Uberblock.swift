@@ -6,7 +6,7 @@
 // index, intent log start — fixed slots, null until those layers exist). It is written into slot
 // `checkpoint % uberblockSlotCount` of the ring in both labels of every device, only after
 // everything it points to is durable (DESIGN.md, "On disk"): the writer flushes every device
-// first and then writes the uberblock with FUA. A crash can therefore tear only the newest
+// first and then writes the uberblock and flushes again. A crash can therefore tear only the newest
 // uberblock; a torn or corrupt one fails its checksum and is skipped, and the previous one —
 // whose space-map copy the new checkpoint did not overwrite — wins. The pool's root is the
 // valid uberblock with the highest checkpoint number across all slots of all labels of all
