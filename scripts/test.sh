@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Sets up and runs every test: the unit and conformance suites, then the perf tool at its
-# smallest size (so the benchmark cannot rot).
+# Sets up and runs every test: the unit, conformance and crash suites, then the perf tool at its
+# smallest size (so the benchmarks cannot rot), then the `strata pool` command-line checks.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
@@ -8,6 +8,8 @@ swift build --build-tests
 log="$(mktemp)"
 swift test --skip-build 2>&1 | tee "$log"
 swift run strata-perf io --smoke
+swift run strata-perf pool-import --smoke
+bash scripts/cli-smoke.sh .build/debug/strata
 # A plain summary line for tools that read the last line of a run.
 count="$(grep -Eo 'Test run with [0-9]+ tests' "$log" | tail -1 | grep -Eo '[0-9]+' || true)"
 rm -f "$log"

@@ -185,35 +185,3 @@ extension Pool {
         return copies
     }
 }
-
-extension PoolAllocator {
-    /// `beginCheckpoint`, with the pool choosing which bitmap blocks of each device to encode in
-    /// the same critical section: `select(deviceIndex, dirty)` gets the blocks changed since the
-    /// last cut and returns the blocks to encode (ascending; a superset of `dirty`), so blocks a
-    /// space-map copy lags behind on are encoded as of this cut too, never later.
-    func beginCheckpoint(selecting select: (_ deviceIndex: Int, _ dirty: [Int]) -> [Int]) -> CheckpointCut {
-        nonisolated(unsafe) let select = select
-        return state.withLock { state in
-            precondition(state.lastDurableCheckpoint == state.lastClosedCheckpoint,
-                         "beginCheckpoint while checkpoint \(state.lastClosedCheckpoint) is not durable yet")
-            let checkpoint = state.openCheckpoint
-            state.lastClosedCheckpoint = checkpoint
-            state.openCheckpoint = checkpoint + 1
-            var spaceMaps: [SpaceMapBlocks] = []
-            for (slot, map) in state.maps.enumerated() {
-                let deviceIndex = state.devices[slot].index
-                let indices = select(deviceIndex, map.takeDirtyBlockIndices())
-                guard !indices.isEmpty else { continue }
-                var bytes = [UInt8](repeating: 0, count: indices.count * SpaceMap.bitmapBlockBytes)
-                bytes.withUnsafeMutableBytes { buffer in
-                    for (position, index) in indices.enumerated() {
-                        let start = position * SpaceMap.bitmapBlockBytes
-                        map.encodeBlock(index, into: UnsafeMutableRawBufferPointer(rebasing: buffer[start ..< start + SpaceMap.bitmapBlockBytes]))
-                    }
-                }
-                spaceMaps.append(SpaceMapBlocks(deviceIndex: deviceIndex, blockIndices: indices, bytes: bytes))
-            }
-            return CheckpointCut(checkpoint: checkpoint, spaceMaps: spaceMaps)
-        }
-    }
-}

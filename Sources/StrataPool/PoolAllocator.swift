@@ -253,34 +253,31 @@ public final class PoolAllocator: Sendable {
     public func beginCheckpoint(spaceMapCopies: Int = 1) -> CheckpointCut {
         precondition(spaceMapCopies == 1 || spaceMapCopies == 2, "spaceMapCopies \(spaceMapCopies)")
         return state.withLock { state in
-            precondition(state.lastDurableCheckpoint == state.lastClosedCheckpoint,
-                         "beginCheckpoint while checkpoint \(state.lastClosedCheckpoint) is not durable yet")
-            let checkpoint = state.openCheckpoint
-            state.lastClosedCheckpoint = checkpoint
-            state.openCheckpoint = checkpoint + 1
-            var spaceMaps: [SpaceMapBlocks] = []
-            for (slot, map) in state.maps.enumerated() {
-                let dirty = map.takeDirtyBlockIndices()
-                var indices = dirty
-                if spaceMapCopies == 2 {
-                    if let previous = state.previousCutDirty[slot] {
-                        indices = Array(Set(dirty).union(previous)).sorted()
-                    } else {
-                        indices = Array(0 ..< map.bitmapBlockCount)
-                    }
-                }
-                state.previousCutDirty[slot] = dirty
-                guard !indices.isEmpty else { continue }
-                var bytes = [UInt8](repeating: 0, count: indices.count * SpaceMap.bitmapBlockBytes)
-                bytes.withUnsafeMutableBytes { buffer in
-                    for (position, index) in indices.enumerated() {
-                        let start = position * SpaceMap.bitmapBlockBytes
-                        map.encodeBlock(index, into: UnsafeMutableRawBufferPointer(rebasing: buffer[start ..< start + SpaceMap.bitmapBlockBytes]))
-                    }
-                }
-                spaceMaps.append(SpaceMapBlocks(deviceIndex: state.devices[slot].index, blockIndices: indices, bytes: bytes))
+            var previousCutDirty = state.previousCutDirty
+            let blockCounts = state.maps.map(\.bitmapBlockCount)
+            let slotByIndex = state.slotByIndex
+            let cut = state.cut { deviceIndex, dirty in
+                let slot = slotByIndex[deviceIndex]
+                defer { previousCutDirty[slot] = dirty }
+                guard spaceMapCopies == 2 else { return dirty }
+                guard let previous = previousCutDirty[slot] else { return Array(0 ..< blockCounts[slot]) }
+                return Array(Set(dirty).union(previous)).sorted()
             }
-            return CheckpointCut(checkpoint: checkpoint, spaceMaps: spaceMaps)
+            state.previousCutDirty = previousCutDirty
+            return cut
+        }
+    }
+
+    /// `beginCheckpoint` with the caller choosing which bitmap blocks of each device to encode, in
+    /// the same critical section: `select(deviceIndex, dirty)` gets the blocks changed since the
+    /// last cut and returns the blocks to encode (ascending, a superset of `dirty`). The pool uses
+    /// it to encode, as of this cut, every block its space-map copy lags behind on.
+    public func beginCheckpoint(selecting select: (_ deviceIndex: Int, _ dirty: [Int]) -> [Int]) -> CheckpointCut {
+        // The selector runs synchronously under the lock, on this thread; it never escapes.
+        struct Selector: @unchecked Sendable { let body: (Int, [Int]) -> [Int] }
+        return withoutActuallyEscaping(select) { select in
+            let selector = Selector(body: select)
+            return state.withLock { state in state.cut(selector.body) }
         }
     }
 
@@ -460,6 +457,32 @@ public final class PoolAllocator: Sendable {
 }
 
 extension PoolAllocator.State {
+    /// Closes the open checkpoint N and encodes, per device, the blocks `select` picks (see
+    /// `beginCheckpoint(selecting:)`). Traps when the previous checkpoint is not durable yet.
+    mutating func cut(_ select: (_ deviceIndex: Int, _ dirty: [Int]) -> [Int]) -> CheckpointCut {
+        precondition(lastDurableCheckpoint == lastClosedCheckpoint,
+                     "beginCheckpoint while checkpoint \(lastClosedCheckpoint) is not durable yet")
+        let checkpoint = openCheckpoint
+        lastClosedCheckpoint = checkpoint
+        openCheckpoint = checkpoint + 1
+        var spaceMaps: [SpaceMapBlocks] = []
+        for (slot, map) in maps.enumerated() {
+            let dirty = map.takeDirtyBlockIndices()
+            let indices = select(devices[slot].index, dirty)
+            assert(Set(dirty).isSubset(of: indices), "a cut must encode every dirty block")
+            guard !indices.isEmpty else { continue }
+            var bytes = [UInt8](repeating: 0, count: indices.count * SpaceMap.bitmapBlockBytes)
+            bytes.withUnsafeMutableBytes { buffer in
+                for (position, index) in indices.enumerated() {
+                    let start = position * SpaceMap.bitmapBlockBytes
+                    map.encodeBlock(index, into: UnsafeMutableRawBufferPointer(rebasing: buffer[start ..< start + SpaceMap.bitmapBlockBytes]))
+                }
+            }
+            spaceMaps.append(SpaceMapBlocks(deviceIndex: devices[slot].index, blockIndices: indices, bytes: bytes))
+        }
+        return CheckpointCut(checkpoint: checkpoint, spaceMaps: spaceMaps)
+    }
+
     func slot(of deviceIndex: Int) -> Int {
         precondition(deviceIndex >= 0 && deviceIndex < slotByIndex.count && slotByIndex[deviceIndex] >= 0,
                      "device index \(deviceIndex) is not in the pool")
