@@ -8,7 +8,8 @@
 // map at the last crash point asked for, advanced write by write as crash points grow
 // (images from the generator come sorted by crash point). Each image then costs one copy of
 // that map (entries, not bytes — blocks are shared slices of the recorded payloads) plus its
-// pending writes.
+// pending writes. The recorder keeps payloads in its arena; each write's bytes are copied into
+// one array the first time an image uses it, and every image then shares slices of that.
 //
 // Invariants: the base images are never written; the returned overlays start with exactly the
 // blocks the crash model allows at the crash point. A device without a base image is an
@@ -24,6 +25,8 @@ public final class CrashImageMaterializer {
     private let durableOrder: [Int]
     private var cursorIndex = 0
     private var durableMaps: [[UInt64: StampedBlock]]
+    /// Payloads copied out of the recording's arena, by write index (see `payloadArray(of:)`).
+    private var payloadArrays: [Int: [UInt8]] = [:]
 
     struct StampedBlock {
         var bytes: ArraySlice<UInt8>
@@ -76,13 +79,24 @@ public final class CrashImageMaterializer {
         }
     }
 
+    /// The write's bytes as one array, copied out of the recorder's arena the first time an
+    /// image needs them; every block of every image that keeps the write is a slice of it.
+    private func payloadArray(of write: RecordedWrite) -> [UInt8]? {
+        guard let bytes = write.payloadBytes else { return nil }
+        if let cached = payloadArrays[write.index] { return cached }
+        let array = bytes.array
+        payloadArrays[write.index] = array
+        return array
+    }
+
     private func apply(_ write: RecordedWrite, keptUnits: [Int]?, to map: inout [UInt64: StampedBlock]) {
         let blockSize = recording.devices[write.device].blockSizeBytes
         let age = write.completeSequence ?? (UInt64.max / 2 + write.issueSequence)
         let firstBlock = write.offset / UInt64(blockSize)
         let firstUnit = write.offset / UInt64(CrashImage.tearUnitBytes)
         let kept = keptUnits.map(Set.init)
-        let zero = write.payload == nil ? BlockMap.zeroBlock(blockSizeBytes: blockSize) : []
+        let payload = payloadArray(of: write)
+        let zero = payload == nil ? BlockMap.zeroBlock(blockSizeBytes: blockSize) : []
         for blockIndex in 0..<(write.length / blockSize) {
             let block = firstBlock + UInt64(blockIndex)
             if let kept {
@@ -91,7 +105,7 @@ public final class CrashImageMaterializer {
             }
             if let existing = map[block], existing.age > age { continue }
             let bytes: ArraySlice<UInt8>
-            if let payload = write.payload {
+            if let payload {
                 bytes = payload[(blockIndex * blockSize)..<((blockIndex + 1) * blockSize)]
             } else {
                 bytes = zero

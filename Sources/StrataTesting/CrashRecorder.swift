@@ -14,8 +14,10 @@
 // `memoryBudgetBytes`; a write that would pass it is refused with an `IOError` (ENOMEM) naming
 // the budget, and `budgetExceeded` latches so a runner can turn it into a clear
 // `CrashTestError.memoryBudgetExceeded`. Nothing is persisted: the recording lives in memory
-// and is handed out as a value (`recording()`). Thread-safe: all state is behind one `Mutex`
-// (the control plane of a test, not a hot path).
+// and is handed out as a value (`recording()`). Payload bytes live in a `PayloadArena`
+// (bump-allocated chunks; no allocation per write): a write costs one memcpy plus two short
+// critical sections (admit and reserve; publish) and one for its completion. Thread-safe: all
+// state is behind one `Mutex`; the memcpy runs outside it, into a range only its writer holds.
 
 import StrataIO
 import Synchronization
@@ -47,7 +49,9 @@ public final class CrashRecorder: Sendable {
     public init(memoryBudgetBytes: Int = CrashRecorder.memoryBudgetBytesDefault) {
         precondition(memoryBudgetBytes > 0, "memory budget must be positive")
         self.memoryBudgetBytes = memoryBudgetBytes
-        self.state = Mutex(RecorderState())
+        var initial = RecorderState()
+        initial.writes.reserveCapacity(1024)
+        self.state = Mutex(initial)
     }
 
     /// Adds `device` to the session and returns the recording wrapper to hand to the system
@@ -84,6 +88,9 @@ public final class CrashRecorder: Sendable {
     /// Bytes charged against the budget so far.
     public var usedBytes: Int { state.withLock { $0.usedBytes } }
 
+    /// Address space of the payload arena's chunks (tests: the arena stays near the payload).
+    var arenaChunkBytes: Int { state.withLock { $0.arena.chunkBytes } }
+
     /// The size of the first request refused for lack of budget, if any.
     public var budgetExceeded: (requestedBytes: Int, usedBytes: Int)? { state.withLock { $0.budgetExceeded } }
 
@@ -116,29 +123,40 @@ public final class CrashRecorder: Sendable {
                     fua: Bool) throws(IOError) -> Int {
         let charge = (bytes?.count ?? 0) + CrashRecorder.recordOverheadBytes
         let budget = memoryBudgetBytes
-        let admitted = state.withLock { state -> Bool in
+        // Admission and arena reservation together: a refused write reserves nothing.
+        let admitted = state.withLock { state -> PayloadBytes?? in
             guard state.usedBytes + charge <= budget else {
                 if state.budgetExceeded == nil { state.budgetExceeded = (charge, state.usedBytes) }
-                return false
+                return nil
             }
             state.usedBytes += charge
-            return true
+            guard let bytes, bytes.count > 0 else { return .some(nil) }
+            return .some(state.arena.reserve(bytes.count, memoryBudgetBytes: budget))
         }
-        guard admitted else {
+        guard let payload = admitted else {
             throw .device(path: path, operation: "record write (crash recorder memory budget of \(budget) bytes exceeded)",
                           offset: offset, length: UInt64(length), errno: ENOMEM)
         }
-        let payload = bytes.map { [UInt8]($0) }   // copy outside the lock
+        if let payload, let source = bytes?.baseAddress {
+            // Copy outside the lock, into the range reserved for this write alone; the write is
+            // published (below) only once its bytes are in place.
+            memcpy(payload.chunk.base + payload.offset, source, payload.count)
+        }
+        let stored = payload ?? (bytes != nil ? CrashRecorder.emptyPayload : nil)
         return state.withLock { state in
             let index = state.writes.count
             state.writes.append(RecordedWrite(index: index, device: device, offset: offset, length: length,
-                                              payload: payload, isFUA: fua, issueSequence: state.tick(),
+                                              payloadBytes: stored, isFUA: fua, issueSequence: state.tick(),
                                               completeSequence: nil, durableSequence: nil, failed: false))
-            state.payloadBytes += payload?.count ?? 0
+            state.payloadBytes += stored?.count ?? 0
             state.undurableWrites[device].append(index)
             return index
         }
     }
+
+    /// The payload of an empty write (never issued by a RecordingDevice, which refuses empty
+    /// requests; kept so `payload` is `[]`, not `nil`, if one ever is).
+    static let emptyPayload = PayloadBytes(chunk: PayloadChunk(capacity: 64), offset: 0, count: 0)
 
     func completeWrite(_ index: Int) {
         state.withLock { state in
@@ -202,6 +220,8 @@ struct RecorderState {
     var usedBytes = 0
     var payloadBytes = 0
     var budgetExceeded: (requestedBytes: Int, usedBytes: Int)? = nil
+    /// Where admitted writes' bytes are kept.
+    var arena = PayloadArena()
 
     mutating func tick() -> UInt64 {
         sequence += 1

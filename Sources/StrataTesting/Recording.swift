@@ -41,8 +41,11 @@ public struct RecordedWrite: Sendable {
     public let device: Int
     public let offset: UInt64
     public let length: Int
-    /// The bytes written; `nil` for a discard (modelled as zeros).
-    public let payload: [UInt8]?
+    /// The bytes written; `nil` for a discard (modelled as zeros). A copy of the recorder's
+    /// arena bytes, made on each access: keep it rather than asking again.
+    public var payload: [UInt8]? { payloadBytes?.array }
+    /// Where the recorder keeps the bytes (`nil` for a discard).
+    let payloadBytes: PayloadBytes?
     public let isFUA: Bool
     public let issueSequence: UInt64
     /// When the write returned successfully; `nil` while in flight or when it failed.

@@ -125,6 +125,75 @@ func read(_ device: any BlockStorage, at offset: UInt64, count: Int = 1) throws 
         #expect(try read(device, at: 4096) == block(0), "a refused write must not reach the device")
     }
 
+    @Test func arenaKeepsEveryPayloadExactly() throws {
+        // Sizes from one block to 3 MiB: payloads share chunks, straddle nothing, and open
+        // new chunks (1 MiB, 2 MiB, … doubling) when the current one is full.
+        let budget = 24 << 20
+        let recorder = CrashRecorder(memoryBudgetBytes: budget)
+        let memory = MemoryDevice(path: "a", sizeBytes: 64 << 20)
+        let device = recorder.record(memory)
+        let counts = [1, 3, 256, 1, 768, 200, 1, 512, 17, 640, 64, 1]
+        var expected: [[UInt8]] = []
+        var offset: UInt64 = 0
+        var early: Recording? = nil
+        for (index, count) in counts.enumerated() {
+            var bytes = [UInt8](repeating: 0, count: 4096 * count)
+            for position in bytes.indices { bytes[position] = UInt8(truncatingIfNeeded: position &* 7 &+ index &* 131) }
+            try write(device, bytes, at: offset)
+            expected.append(bytes)
+            offset += UInt64(bytes.count)
+            if index == 4 { early = recorder.recording() }
+        }
+        try device.discard(offset: offset, length: 8192)
+        try device.flush()
+        let recording = recorder.recording()
+        #expect(recording.writes.count == counts.count + 1)
+        for (index, bytes) in expected.enumerated() {
+            #expect(recording.writes[index].payload == bytes, "payload of write \(index)")
+        }
+        #expect(recording.writes[counts.count].payload == nil, "a discard has no payload")
+        for index in 0...4 {
+            #expect(early!.writes[index].payload == expected[index], "a recording taken mid-session keeps its bytes")
+        }
+        let payloadBytes = expected.reduce(0) { $0 + $1.count }
+        #expect(recording.payloadBytes == payloadBytes)
+        #expect(recorder.usedBytes == payloadBytes + (counts.count + 1) * CrashRecorder.recordOverheadBytes)
+        #expect(recorder.arenaChunkBytes <= budget + (4 << 20), "arena chunks stay within the budget")
+        // The durable image built from the arena reads back every write.
+        let image = try CrashImageMaterializer(recording: recording)
+            .devices(for: CrashImage(crashPoint: recording.endSequence, kind: .boundary, persisted: []))[0]
+        var check: UInt64 = 0
+        for bytes in expected {
+            #expect(try read(image, at: check, count: bytes.count / 4096) == bytes)
+            check += UInt64(bytes.count)
+        }
+    }
+
+    @Test func smallSessionsKeepASmallArena() throws {
+        let recorder = CrashRecorder()
+        let device = recorder.record(MemoryDevice(path: "a", sizeBytes: 1 << 20))
+        for index in 0..<16 { try write(device, block(UInt8(index)), at: UInt64(index) * 4096) }
+        #expect(recorder.arenaChunkBytes == 1 << 20)
+        #expect(recorder.recording().writes.map { $0.payload?.first } == (0..<16).map { UInt8($0) })
+    }
+
+    @Test func concurrentWritersKeepTheirOwnBytes() throws {
+        let recorder = CrashRecorder(memoryBudgetBytes: 64 << 20)
+        let devices = (0..<4).map { recorder.record(MemoryDevice(path: "d\($0)", sizeBytes: 8 << 20)) }
+        DispatchQueue.concurrentPerform(iterations: devices.count) { lane in
+            for step in 0..<64 {
+                let bytes = block(UInt8(lane * 64 + step), count: 1 + step % 5)
+                try! write(devices[lane], bytes, at: UInt64(step) * 5 * 4096)
+            }
+        }
+        let recording = recorder.recording()
+        #expect(recording.writes.count == 4 * 64)
+        for recorded in recording.writes {
+            let step = Int(recorded.offset / (5 * 4096))
+            #expect(recorded.payload == block(UInt8(recorded.device * 64 + step), count: 1 + step % 5))
+        }
+    }
+
     @Test func refusedRequestsAreNotRecorded() throws {
         let recorder = CrashRecorder()
         let device = recorder.record(MemoryDevice(path: "a", sizeBytes: 1 << 20))
