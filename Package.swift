@@ -47,6 +47,14 @@ let package = Package(
             dependencies: ["StrataIO"],
             path: "Sources/StrataTesting"
         ),
+        // The pool as a client of the crash harness (issue 5, part 7): its SystemUnderTest and
+        // workloads, shared by the tests and strata-crash. Not in StrataTesting, which must depend
+        // only on StrataIO.
+        .target(
+            name: "StrataPoolCrash",
+            dependencies: ["StrataIO", "StrataPool", "StrataTesting"],
+            path: "Sources/StrataPoolCrash"
+        ),
         .executableTarget(
             name: "strata",
             dependencies: [
@@ -58,7 +66,7 @@ let package = Package(
         .executableTarget(
             name: "strata-crash",
             dependencies: [
-                "StrataIO", "StrataPool", "StrataTesting",
+                "StrataIO", "StrataPool", "StrataTesting", "StrataPoolCrash",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
             path: "Sources/strata-crash"
@@ -81,12 +89,12 @@ let package = Package(
         ),
         .testTarget(
             name: "StrataPoolTests",
-            dependencies: ["StrataPool", "StrataIO"],
+            dependencies: ["StrataPool", "StrataIO", "AllocCounter"],
             path: "Tests/StrataPoolTests"
         ),
         .testTarget(
             name: "StrataTestingTests",
-            dependencies: ["StrataTesting", "StrataPool", "StrataIO"],
+            dependencies: ["StrataTesting", "StrataPool", "StrataIO", "StrataPoolCrash"],
             path: "Tests/StrataTestingTests"
         ),
     ],

@@ -7,6 +7,12 @@ bash scripts/setup.sh
 swift build --build-tests
 log="$(mktemp)"
 swift test --skip-build 2>&1 | tee "$log"
+# The hot paths again in an optimized build (what ships): allocation counts there are the contract.
+swift build -c release -Xswiftc -enable-testing --build-tests --scratch-path .build-release-tests
+swift test -c release -Xswiftc -enable-testing --skip-build --scratch-path .build-release-tests \
+    --filter "HotPath|Hot path allocations" 2>&1 | tee "$log.release"
+grep -q "Test run with 2 tests in 2 suites passed" "$log.release" || { echo "release hot-path run did not pass 2 tests"; exit 1; }
+rm -f "$log.release"
 swift run strata-perf io --smoke
 swift run strata-perf pool-import --smoke
 bash scripts/cli-smoke.sh .build/debug/strata
