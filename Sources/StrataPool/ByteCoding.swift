@@ -62,4 +62,26 @@ struct ByteReader {
     }
 
     var isAllZero: Bool { bytes.allSatisfy { $0 == 0 } }
+
+    /// What the common header of a self-checksummed pool block says: magic (bytes 0-7), format
+    /// version (8-11), block size (12-15), crc32c of the rest in the last four bytes.
+    enum HeaderCheck: Equatable {
+        /// All zero: never written.
+        case empty
+        case invalid(String)
+        case newerVersion(UInt32)
+        case current
+    }
+
+    func checkHeader(magic: [UInt8], version supported: UInt32) -> HeaderCheck {
+        if isAllZero { return .empty }
+        guard bytes.prefix(8).elementsEqual(magic) else { return .invalid("bad magic") }
+        guard checksumMatches else { return .invalid("checksum mismatch") }
+        let version = get(UInt32.self, at: 8)
+        if version > supported { return .newerVersion(version) }
+        guard version == supported, get(UInt32.self, at: 12) == UInt32(bytes.count) else {
+            return .invalid("bad version \(version) or block size")
+        }
+        return .current
+    }
 }

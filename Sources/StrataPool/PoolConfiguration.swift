@@ -168,13 +168,11 @@ public struct PoolConfiguration: Equatable, Sendable, Codable {
     public static func decode(_ block: UnsafeRawBufferPointer) -> SlotContent {
         precondition(block.count == Int(DeviceLayout.configSlotBytes))
         let reader = ByteReader(block)
-        if reader.isAllZero { return .empty }
-        guard Array(block[0..<8]) == magic else { return .invalid("bad magic") }
-        guard reader.checksumMatches else { return .invalid("checksum mismatch") }
-        let version = reader.get(UInt32.self, at: 8)
-        if version > formatVersion { return .newerVersion(version) }
-        guard version == formatVersion, reader.get(UInt32.self, at: 12) == UInt32(DeviceLayout.configSlotBytes) else {
-            return .invalid("bad version \(version) or block size")
+        switch reader.checkHeader(magic: magic, version: formatVersion) {
+        case .empty: return .empty
+        case .invalid(let why): return .invalid(why)
+        case .newerVersion(let version): return .newerVersion(version)
+        case .current: break
         }
         let deviceIndex = Int(reader.get(UInt16.self, at: 64))
         let count = Int(reader.get(UInt16.self, at: 66))

@@ -148,13 +148,11 @@ public struct Uberblock: Equatable, Sendable, Codable {
     public static func decode(_ block: UnsafeRawBufferPointer) -> SlotContent {
         precondition(block.count == Int(DeviceLayout.uberblockSlotBytes))
         let reader = ByteReader(block)
-        if reader.isAllZero { return .empty }
-        guard Array(block[0..<8]) == magic else { return .invalid("bad magic") }
-        guard reader.checksumMatches else { return .invalid("checksum mismatch") }
-        let version = reader.get(UInt32.self, at: 8)
-        if version > formatVersion { return .newerVersion(version) }
-        guard version == formatVersion, reader.get(UInt32.self, at: 12) == UInt32(DeviceLayout.uberblockSlotBytes) else {
-            return .invalid("bad version \(version) or block size")
+        switch reader.checkHeader(magic: magic, version: formatVersion) {
+        case .empty: return .empty
+        case .invalid(let why): return .invalid(why)
+        case .newerVersion(let version): return .newerVersion(version)
+        case .current: break
         }
         let checkpoint = reader.get(UInt64.self, at: 32)
         let count = Int(reader.get(UInt16.self, at: 58))
