@@ -12,6 +12,8 @@ let package = Package(
         .library(name: "StrataIO", targets: ["StrataIO"]),
         .library(name: "StrataPool", targets: ["StrataPool"]),
         .library(name: "StrataTesting", targets: ["StrataTesting"]),
+        .library(name: "StrataLog", targets: ["StrataLog"]),
+        .library(name: "StrataDMU", targets: ["StrataDMU"]),
         .executable(name: "strata", targets: ["strata"]),
         .executable(name: "strata-crash", targets: ["strata-crash"]),
         .executable(name: "strata-perf", targets: ["strata-perf"]),
@@ -37,6 +39,21 @@ let package = Package(
             name: "StrataPool",
             dependencies: ["StrataIO", "CShims"],
             path: "Sources/StrataPool",
+            swiftSettings: [.unsafeFlags(["-enforce-exclusivity=unchecked"])]
+        ),
+        // The write-ahead intent log: record format, group commit, replay.
+        .target(
+            name: "StrataLog",
+            dependencies: ["StrataIO", "StrataPool"],
+            path: "Sources/StrataLog",
+            swiftSettings: [.unsafeFlags(["-enforce-exclusivity=unchecked"])]
+        ),
+        // Objects: dnodes and their cache, extent maps, system attributes, index trees,
+        // transactions and checkpoints.
+        .target(
+            name: "StrataDMU",
+            dependencies: ["StrataIO", "StrataPool", "StrataLog"],
+            path: "Sources/StrataDMU",
             swiftSettings: [.unsafeFlags(["-enforce-exclusivity=unchecked"])]
         ),
         // Crash-injection harness: recording and fault-injecting devices, crash images, oracle.
@@ -74,7 +91,7 @@ let package = Package(
         .executableTarget(
             name: "strata-perf",
             dependencies: [
-                "StrataIO", "StrataPool", "StrataTesting",
+                "StrataIO", "StrataPool", "StrataTesting", "StrataLog", "StrataDMU",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
             path: "perf"
@@ -96,6 +113,16 @@ let package = Package(
             name: "StrataTestingTests",
             dependencies: ["StrataTesting", "StrataPool", "StrataIO", "StrataPoolCrash"],
             path: "Tests/StrataTestingTests"
+        ),
+        .testTarget(
+            name: "StrataLogTests",
+            dependencies: ["StrataLog", "StrataPool", "StrataIO", "StrataTesting"],
+            path: "Tests/StrataLogTests"
+        ),
+        .testTarget(
+            name: "StrataDMUTests",
+            dependencies: ["StrataDMU", "StrataLog", "StrataPool", "StrataIO", "StrataTesting", "AllocCounter"],
+            path: "Tests/StrataDMUTests"
         ),
     ],
     swiftLanguageModes: [.v6]

@@ -1,0 +1,3 @@
+// StrataLog — the write-ahead intent log (issue 6). Placeholder until it lands.
+import StrataIO
+import StrataPool
