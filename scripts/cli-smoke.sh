@@ -55,5 +55,26 @@ done
 expect_ok "one-device pool" "$strata" pool create solo --data "$dir/s0:64M"
 expect_error "foreign device" "belongs to pool 'solo'" "$strata" pool import --name tank "$dir/d0" "$dir/d1" "$dir/m0" "$dir/l0" "$dir/s0"
 
+# A mounted block device is refused even with --force (root only: loop devices and mount).
+if [ "$(id -u)" = 0 ] && command -v losetup >/dev/null && command -v mkfs.ext4 >/dev/null; then
+    truncate -s 64M "$dir/fs.img" && mkfs.ext4 -q -F "$dir/fs.img"
+    if loop="$(losetup -f --show "$dir/fs.img" 2>/dev/null)"; then
+        mkdir -p "$dir/mnt"
+        if mount "$loop" "$dir/mnt" 2>/dev/null; then
+            expect_error "mounted block device" "busy: mounted at" "$strata" pool create blk --data "$loop" --force
+            umount "$dir/mnt"
+        else
+            echo "skip  mounted block device (mount failed)"
+        fi
+        # The same device, unmounted, makes a pool.
+        expect_ok "pool on a block device" "$strata" pool create blk --data "$loop" --force
+        losetup -d "$loop"
+    else
+        echo "skip  block device checks (no loop device)"
+    fi
+else
+    echo "skip  block device checks (not root, or no losetup/mkfs.ext4)"
+fi
+
 if [ "$failures" -ne 0 ]; then echo "cli-smoke: $failures failure(s)"; exit 1; fi
 echo "cli-smoke: all checks passed"
