@@ -16,6 +16,19 @@
 // `CrashRecorder` session (a flush on one covers only that one's writes), and at check time
 // they are `OverlayDevice`s of one crash image (one per device, all cut at the same crash
 // point). The system must not keep devices across `open`s.
+//
+// Three optional hooks (defaults keep the simple model above) serve systems whose opening
+// writes, or whose effects depend on their state — a pool is the example (PoolCrashSystem):
+//
+//   - `open(_:for:)` says why the harness opens: to run the workload, to check an image, or to
+//     recover an image under a recorder (crash during recovery). A pool imports read-only to
+//     check (checking must not change what is checked) and read-write to recover;
+//   - `effects(of:performedOn:)` describes an operation after it ran, from the live instance
+//     ("commit returned checkpoint 7 with these space maps"), for effects a pure function of
+//     the operation cannot know (where the allocator put an extent);
+//   - `stateAfterRecovery(_:)` names the state a completed recovery leaves, when recovery itself
+//     commits something observable (a pool's read-write import writes a new uberblock). A crash
+//     during recovery must leave the state before it, this state, or one the oracle allows.
 
 import StrataIO
 
@@ -35,6 +48,18 @@ public struct DeviceSpec: Sendable, Hashable {
     }
 }
 
+/// Why the harness opens a system (see `SystemUnderTest.open(_:for:)`).
+public enum OpenPurpose: Sendable, Hashable {
+    /// To run the workload on the recording devices (the operations follow).
+    case workload
+    /// To check a crash image (and to read the initial state of the formatted devices): the
+    /// image is opened, checked, observed and dropped.
+    case check
+    /// To recover a crash image under a recorder, whose own crash images are then checked
+    /// (crash during recovery). The instance is closed right after.
+    case recovery
+}
+
 /// One blind write of an operation, as the oracle sees it: after the operation, `key` holds
 /// `value` (`nil`: the key is absent).
 public struct Effect<Key: Hashable & Sendable, Value: Equatable & Sendable>: Sendable {
@@ -51,18 +76,21 @@ public struct Effect<Key: Hashable & Sendable, Value: Equatable & Sendable>: Sen
 /// types stay as they are.
 ///
 /// ```swift
-/// struct PoolUnderTest: SystemUnderTest {
-///     var devices: [DeviceSpec] { (0..<3).map { DeviceSpec(name: "member\($0)", sizeBytes: 64 << 20) } }
-///     func format(_ devices: [any BlockStorage]) throws { try Pool.create(devices, …) }
-///     func open(_ devices: [any BlockStorage]) throws -> Pool { try Pool.import(devices) }
-///     func perform(_ op: PoolOperation, on pool: Pool, context: OperationContext) throws {
-///         try pool.commitUberblock(…); context.acknowledge()   // durable when it returns
+/// struct KVUnderTest: SystemUnderTest {            // one device, synchronous puts
+///     var devices: [DeviceSpec] { [DeviceSpec(name: "kv", sizeBytes: 64 << 20)] }
+///     func format(_ devices: [any BlockStorage]) throws { try KV.format(devices[0]) }
+///     func open(_ devices: [any BlockStorage]) throws -> KV { try KV.open(devices[0]) }
+///     func perform(_ op: Put, on kv: KV, context: OperationContext) throws {
+///         try kv.put(op.key, op.value); context.acknowledge()       // durable when it returns
 ///     }
-///     func check(_ pool: Pool) throws -> [String] { try pool.verify() }
-///     func observe(_ pool: Pool) throws -> [String: UInt64] { ["uberblock.txg": pool.txg] }
-///     func effects(of op: PoolOperation) -> [Effect<String, UInt64>] { [Effect(key: "uberblock.txg", value: op.txg)] }
+///     func check(_ kv: KV) throws -> [String] { kv.fsck() }
+///     func observe(_ kv: KV) throws -> [String: Bytes] { try kv.dumpAll() }
+///     func effects(of op: Put) -> [Effect<String, Bytes>] { [Effect(key: op.key, value: op.value)] }
 /// }
 /// ```
+///
+/// A pool, whose import commits and whose effects depend on where the allocator put things,
+/// also implements the three hooks: see `PoolCrashSystem` (target StrataPoolCrash).
 public protocol SystemUnderTest {
     /// An open system (the result of `open`).
     associatedtype Instance
@@ -93,8 +121,31 @@ public protocol SystemUnderTest {
     /// What `operation` does to the observed state, as blind writes; empty for a pure
     /// durability point (sync).
     func effects(of operation: Operation) -> [Effect<Key, Value>]
+
+    /// Opens the system for `purpose`. Default: `open(_:)` whatever the purpose. Override when
+    /// opening writes (recovery that commits): open without writing for `.check`, recover for
+    /// `.recovery`.
+    func open(_ devices: [any BlockStorage], for purpose: OpenPurpose) throws -> Instance
+    /// What `operation` did, asked right after `perform` returned, with the live instance.
+    /// Default: `effects(of:)`.
+    func effects(of operation: Operation, performedOn instance: Instance) -> [Effect<Key, Value>]
+    /// The state a completed recovery leaves when it starts from a crash image observed as
+    /// `observed`. Default: `observed` (recovery changes nothing `observe` reports).
+    func stateAfterRecovery(_ observed: [Key: Value]) -> [Key: Value]
 }
 
 extension SystemUnderTest {
     public func close(_ instance: Instance) throws {}
+
+    public func open(_ devices: [any BlockStorage], for purpose: OpenPurpose) throws -> Instance {
+        try open(devices)
+    }
+
+    public func effects(of operation: Operation, performedOn instance: Instance) -> [Effect<Key, Value>] {
+        effects(of: operation)
+    }
+
+    public func stateAfterRecovery(_ observed: [Key: Value]) -> [Key: Value] {
+        observed
+    }
 }

@@ -1,11 +1,12 @@
 // strata-crash — the crash harness from the command line.
 //
-//   strata-crash [--workload kv-random] [--bug NAME]... [--seed 42] [--images 2000]
+//   strata-crash [--workload kv-random|pool-random|…] [--bug NAME]... [--seed 42] [--images 2000]
 //                [--memory-budget 256M] [--long] [--replay SEED:STEP:IMAGE] [--list]
 //
-// Runs a workload of a system under test (today: the fixture store, optionally with planted
-// bugs) for consecutive seeds from --seed until --images crash images are checked, prints each
-// violation with the one command that replays it, and ends with a summary line:
+// Runs a workload of a system under test — the fixture store (kv-*, optionally with planted
+// bugs) or the pool (pool-*, optionally over devices with a planted flush fault) — for
+// consecutive seeds from --seed until --images crash images are checked, prints each violation
+// with the one command that replays it, and ends with a summary line:
 //
 //   crash: 2417 images, 0 violations (seed 42)
 //
@@ -15,15 +16,40 @@
 import ArgumentParser
 import Foundation
 import StrataIO
+import StrataPoolCrash
 import StrataTesting
+
+/// One workload of either system, with the system it runs on (bugs planted), type-erased.
+struct CrashDriver {
+    let name: String
+    let caseCount: UInt64?
+    let run: (UInt64) throws(CrashTestError) -> CrashRunReport
+    let replay: (ReplayAddress) throws(CrashTestError) -> CrashReplayReport
+
+    init<System: SystemUnderTest>(system: System, workload: Workload<System.Operation>, options: CrashRunOptions) {
+        let runner = CrashRunner(system: system, options: options)
+        name = workload.name
+        caseCount = workload.caseCount
+        run = { (seed: UInt64) throws(CrashTestError) in try runner.run(workload, seed: seed) }
+        replay = { (address: ReplayAddress) throws(CrashTestError) in try runner.replay(workload, address: address) }
+    }
+}
+
+/// Every workload name, with its summary, for --list and --help.
+let workloadSummaries: [(name: String, summary: String, caseCount: UInt64?)] =
+    FixtureStoreSystem.workloads.map { ($0.name, $0.summary, $0.caseCount) }
+    + PoolCrashSystem.workloads.map { ($0.name, "\($0.workload.summary) [\($0.system.name)]", $0.workload.caseCount) }
+
+func isPoolWorkload(_ name: String) -> Bool { PoolCrashSystem.workloads.contains { $0.name == name } }
 
 struct StrataCrash: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "strata-crash",
         abstract: "Record a workload, build every crash image the crash model allows, reopen each and check the durability contract.",
         discussion: """
-        Workloads: \(FixtureStoreSystem.workloads.map { "\($0.name) (\($0.summary))" }.joined(separator: "; ")).
-        Planted bugs (--bug, repeatable): \(FixtureStore.Bugs.named.map(\.name).joined(separator: ", ")).
+        Workloads: \(workloadSummaries.map { "\($0.name) (\($0.summary))" }.joined(separator: "; ")).
+        Planted bugs (--bug, repeatable): fixture store (kv-*): \(FixtureStore.Bugs.named.map(\.name).joined(separator: ", ")); \
+        pool (pool-*, one at most): \(FlushFaultDevice.Fault.allCases.map(\.rawValue).joined(separator: ", ")).
         Each violation prints SEED:STEP:IMAGE and a command that replays exactly that image.
         """
     )
@@ -31,7 +57,7 @@ struct StrataCrash: ParsableCommand {
     @Option(help: "Workload name (see --list).")
     var workload: String = "kv-random"
 
-    @Option(help: "Plant a bug in the fixture store (repeatable): ack-before-flush, root-without-checksum, reuse-freed-block, replay-torn-tail.")
+    @Option(help: "Plant a bug: in the fixture store (kv-*, repeatable): ack-before-flush, root-without-checksum, reuse-freed-block, replay-torn-tail; under the pool (pool-*): flush-ignored, writes-after-flush.")
     var bug: [String] = []
 
     @Option(help: "First seed (for exhaustive workloads: the first case index).")
@@ -61,12 +87,35 @@ struct StrataCrash: ParsableCommand {
     func validate() throws {
         if let images, images <= 0 { throw ValidationError("--images must be positive, not \(images)") }
         if recoveryEvery < 0 { throw ValidationError("--recovery-every must be ≥ 0") }
-        _ = try parsedBugs()
         _ = try parsedBudget()
         if let replay {
             do { _ = try ReplayAddress(parsing: replay) } catch { throw ValidationError(error.description) }
         }
-        do { _ = try FixtureStoreSystem.workload(named: workload) } catch { throw ValidationError(error.description) }
+        if !isPoolWorkload(workload) {
+            do { _ = try FixtureStoreSystem.workload(named: workload) } catch {
+                throw ValidationError(CrashTestError.unknownWorkload(name: workload, known: workloadSummaries.map(\.name)).description)
+            }
+        }
+        _ = try driver(options: CrashRunOptions())
+    }
+
+    /// The driver for --workload with the planted --bug(s).
+    func driver(options: CrashRunOptions) throws -> CrashDriver {
+        if isPoolWorkload(workload) {
+            let entry = try PoolCrashSystem.workload(named: workload)
+            guard bug.count <= 1 else { throw ValidationError("the pool takes one --bug at most, not \(bug.count)") }
+            var fault: FlushFaultDevice.Fault? = nil
+            if let name = bug.first {
+                guard let match = FlushFaultDevice.Fault(rawValue: name) else {
+                    throw ValidationError("unknown pool bug '\(name)' (known: \(FlushFaultDevice.Fault.allCases.map(\.rawValue).joined(separator: ", ")))")
+                }
+                fault = match
+            }
+            let system = PoolCrashSystem(layout: entry.system.layout, policy: entry.system.policy, fault: fault)
+            return CrashDriver(system: system, workload: entry.workload, options: options)
+        }
+        let fixtureWorkload = try FixtureStoreSystem.workload(named: workload)
+        return CrashDriver(system: FixtureStoreSystem(bugs: try parsedBugs()), workload: fixtureWorkload, options: options)
     }
 
     func parsedBugs() throws -> FixtureStore.Bugs {
@@ -97,25 +146,24 @@ struct StrataCrash: ParsableCommand {
 
     func run() throws {
         if list {
-            for workload in FixtureStoreSystem.workloads {
+            for workload in workloadSummaries {
                 print("\(workload.name): \(workload.summary)" + (workload.caseCount.map { " [\($0) cases]" } ?? ""))
             }
-            print("bugs: \(FixtureStore.Bugs.named.map(\.name).joined(separator: ", "))")
+            print("bugs (kv-*): \(FixtureStore.Bugs.named.map(\.name).joined(separator: ", "))")
+            print("bugs (pool-*): \(FlushFaultDevice.Fault.allCases.map { "\($0.rawValue) (\($0.summary))" }.joined(separator: ", "))")
             return
         }
-        let bugs = try parsedBugs()
-        let workload = try FixtureStoreSystem.workload(named: workload)
         var prefix = "strata-crash"
         for name in bug { prefix += " --bug \(name)" }
         if recoveryEvery != 8 { prefix += " --recovery-every \(recoveryEvery)" }
         let options = CrashRunOptions(memoryBudgetBytes: try parsedBudget(), recoveryCrashEvery: recoveryEvery,
                                       replayCommandPrefix: prefix)
-        let runner = CrashRunner(system: FixtureStoreSystem(bugs: bugs), options: options)
+        let driver = try driver(options: options)
         do {
             if let replay {
-                try runReplay(runner, workload: workload, address: try ReplayAddress(parsing: replay))
+                try runReplay(driver, address: try ReplayAddress(parsing: replay))
             } else {
-                try runImages(runner, workload: workload)
+                try runImages(driver)
             }
         } catch let error as CrashTestError {
             FileHandle.standardError.write("strata-crash: error: \(error)\n".data(using: .utf8)!)
@@ -123,9 +171,9 @@ struct StrataCrash: ParsableCommand {
         }
     }
 
-    func runReplay(_ runner: CrashRunner<FixtureStoreSystem>, workload: Workload<FixtureOperation>, address: ReplayAddress) throws {
-        let report = try runner.replay(workload, address: address)
-        print("replay \(address) of \(workload.name):")
+    func runReplay(_ driver: CrashDriver, address: ReplayAddress) throws {
+        let report = try driver.replay(address)
+        print("replay \(address) of \(driver.name):")
         for line in report.details { print(line) }
         if report.problems.isEmpty {
             print("replay \(address): image keeps the contract")
@@ -136,7 +184,7 @@ struct StrataCrash: ParsableCommand {
         }
     }
 
-    func runImages(_ runner: CrashRunner<FixtureStoreSystem>, workload: Workload<FixtureOperation>) throws {
+    func runImages(_ driver: CrashDriver) throws {
         let target = images ?? (long ? 100_000 : 2000)
         let start = Date()
         var report = CrashRunReport()
@@ -144,11 +192,11 @@ struct StrataCrash: ParsableCommand {
         var nextProgress = 10_000
         var violationCount = 0
         while report.totalImages < target {
-            if let count = workload.caseCount, next >= count {
-                if next == seed { throw CrashTestError.seedOutOfRange(workload: workload.name, seed: next, caseCount: count) }
+            if let count = driver.caseCount, next >= count {
+                if next == seed { throw CrashTestError.seedOutOfRange(workload: driver.name, seed: next, caseCount: count) }
                 break
             }
-            let run = try runner.run(workload, seed: next)
+            let run = try driver.run(next)
             for violation in run.violations where report.violations.count < violationsShown {
                 print(violation)
                 report.violations.append(violation)
@@ -167,7 +215,7 @@ struct StrataCrash: ParsableCommand {
         let seconds = Date().timeIntervalSince(start)
         let rate = Double(report.totalImages) / max(seconds, 1e-9)
         print("crash: \(report.totalImages) images, \(violationCount) violations (seed \(seed))")
-        print("  \(workload.name): seeds \(seed)..<\(next), \(report.runs) runs, \(report.operationsRun) operations, "
+        print("  \(driver.name): seeds \(seed)..<\(next), \(report.runs) runs, \(report.operationsRun) operations, "
               + "\(report.writesRecorded) writes, \(report.flushesRecorded) flushes, \(report.imagesChecked) images + "
               + "\(report.recoveryImagesChecked) crashed-recovery images in \(String(format: "%.1f", seconds)) s "
               + "(\(String(format: "%.0f", rate)) images/s)")
