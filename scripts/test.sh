@@ -15,6 +15,7 @@ grep -q "Test run with 2 tests in 2 suites passed" "$log.release" || { echo "rel
 rm -f "$log.release"
 swift run strata-perf io --smoke
 swift run strata-perf pool-import --smoke
+swift run strata-perf recording-overhead --smoke
 bash scripts/cli-smoke.sh .build/debug/strata
 # A plain summary line for tools that read the last line of a run.
 count="$(grep -Eo 'Test run with [0-9]+ tests' "$log" | tail -1 | grep -Eo '[0-9]+' || true)"
