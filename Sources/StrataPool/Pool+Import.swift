@@ -157,10 +157,19 @@ extension Pool {
 
         // 5. Space maps, then the pool object.
         let allocator = makeAllocator(configuration: configuration, devices: ordered, openCheckpoint: root.checkpoint + 1)
+        // Each device's map is read, verified and loaded on its own thread (a 1 TiB device has
+        // 32 MiB of bitmap); the allocator's lock is taken per block, briefly.
+        let members = configuration.members
+        let loaded = DeviceFanOut.run(count: ordered.count) { (index: Int) throws(PoolError) -> SpaceMapCopies in
+            try loadSpaceMap(device: ordered[index], index: index, layout: members[index].layout,
+                             root: root.spaceMaps[index], allocator: allocator)
+        }
         var spaceMaps: [SpaceMapCopies] = []
-        for (index, device) in ordered.enumerated() {
-            spaceMaps.append(try loadSpaceMap(device: device, index: index, layout: configuration.members[index].layout,
-                                              root: root.spaceMaps[index], allocator: allocator))
+        for result in loaded {
+            switch result {
+            case .success(let copies): spaceMaps.append(copies)
+            case .failure(let error): throw error
+            }
         }
         let damage = orderedLabels.map { deviceLabels -> [String] in
             var notes = deviceLabels.damage
