@@ -51,6 +51,32 @@ public struct BlockPointer: Equatable, Sendable, Codable {
 
     public static let null = BlockPointer(deviceIndex: 0, offsetBytes: 0, lengthBytes: 0, birthCheckpoint: 0, checksum: 0)
     public var isNull: Bool { lengthBytes == 0 }
+
+    /// The one on-disk form of a block pointer (uberblock roots use it; every structure that
+    /// stores pointers should): offset (8), length (8), birth checkpoint (8), device index (2),
+    /// zero (2), crc32c of the pointed-to bytes (4); little-endian; all zero = null.
+    public static let encodedByteCount = 32
+
+    public func encode(into bytes: UnsafeMutableRawBufferPointer, at offset: Int) {
+        precondition(offset >= 0 && offset + BlockPointer.encodedByteCount <= bytes.count, "pointer field at \(offset) past \(bytes.count)")
+        precondition(deviceIndex >= 0 && deviceIndex <= Int(UInt16.max), "device index \(deviceIndex)")
+        let writer = ByteWriter(bytes)
+        writer.put(offsetBytes, at: offset)
+        writer.put(lengthBytes, at: offset + 8)
+        writer.put(birthCheckpoint, at: offset + 16)
+        writer.put(UInt16(deviceIndex), at: offset + 24)
+        writer.put(UInt16(0), at: offset + 26)
+        writer.put(checksum, at: offset + 28)
+    }
+
+    /// Decodes the 32-byte form; total on any bytes (range checks are the reader's job).
+    public static func decode(from bytes: UnsafeRawBufferPointer, at offset: Int) -> BlockPointer {
+        precondition(offset >= 0 && offset + encodedByteCount <= bytes.count, "pointer field at \(offset) past \(bytes.count)")
+        let reader = ByteReader(bytes)
+        return BlockPointer(deviceIndex: Int(reader.get(UInt16.self, at: offset + 24)), offsetBytes: reader.get(UInt64.self, at: offset),
+                            lengthBytes: reader.get(UInt64.self, at: offset + 8), birthCheckpoint: reader.get(UInt64.self, at: offset + 16),
+                            checksum: reader.get(UInt32.self, at: offset + 28))
+    }
 }
 
 /// Where a device's space map is, as of one checkpoint.
@@ -121,12 +147,7 @@ public struct Uberblock: Equatable, Sendable, Codable {
         writer.put(state.rawValue, at: 56)
         writer.put(UInt16(spaceMaps.count), at: 58)
         for (index, root) in roots.enumerated() {
-            let base = 64 + index * 32
-            writer.put(root.offsetBytes, at: base)
-            writer.put(root.lengthBytes, at: base + 8)
-            writer.put(root.birthCheckpoint, at: base + 16)
-            writer.put(UInt16(root.deviceIndex), at: base + 24)
-            writer.put(root.checksum, at: base + 28)
+            root.encode(into: block, at: 64 + index * BlockPointer.encodedByteCount)
         }
         for (index, map) in spaceMaps.enumerated() {
             let base = 320 + index * 16
@@ -160,15 +181,7 @@ public struct Uberblock: Equatable, Sendable, Codable {
               let state = State(rawValue: reader.get(UInt8.self, at: 56)) else {
             return .invalid("checkpoint \(checkpoint), member count \(count) or state out of range")
         }
-        var roots: [BlockPointer] = []
-        for index in 0..<rootSlotCount {
-            let base = 64 + index * 32
-            roots.append(BlockPointer(deviceIndex: Int(reader.get(UInt16.self, at: base + 24)),
-                                      offsetBytes: reader.get(UInt64.self, at: base),
-                                      lengthBytes: reader.get(UInt64.self, at: base + 8),
-                                      birthCheckpoint: reader.get(UInt64.self, at: base + 16),
-                                      checksum: reader.get(UInt32.self, at: base + 28)))
-        }
+        let roots = (0..<rootSlotCount).map { BlockPointer.decode(from: block, at: 64 + $0 * BlockPointer.encodedByteCount) }
         var maps: [SpaceMapRoot] = []
         for index in 0..<count {
             let base = 320 + index * 16
