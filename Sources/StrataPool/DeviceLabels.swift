@@ -21,6 +21,14 @@ public struct DeviceLabels: Sendable {
     /// Slots present but unusable, e.g. "front label configuration slot 1: checksum mismatch".
     /// A slot without the magic is not a label block and is not reported (it may be data).
     public private(set) var damage: [String] = []
+    /// A slot present but unusable (torn, corrupt, wrong slot, newer format), by place: what a
+    /// read-write import rewrites or zeroes.
+    public struct DamagedSlot: Equatable, Sendable {
+        public var labelOffset: UInt64
+        public var isConfiguration: Bool
+        public var slot: Int
+    }
+    public private(set) var damagedSlots: [DamagedSlot] = []
     /// A format version newer than this build reads, when one was seen.
     public private(set) var newerVersion: (what: String, version: UInt32)? = nil
 
@@ -75,12 +83,21 @@ public struct DeviceLabels: Sendable {
             switch PoolConfiguration.decode(bytes) {
             case .empty: break
             case .invalid(let why):
-                if why != "bad magic" { damage.append("\(name) label configuration slot \(slot): \(why)") }
+                if why != "bad magic" {
+                    damage.append("\(name) label configuration slot \(slot): \(why)")
+                    damagedSlots.append(DamagedSlot(labelOffset: labelOffset, isConfiguration: true, slot: slot))
+                }
             case .newerVersion(let version):
                 newerVersion = ("label configuration", version)
                 damage.append("\(name) label configuration slot \(slot): format version \(version)")
             case .valid(let configuration, let deviceIndex):
-                configurations.append((configuration, deviceIndex, labelOffset))
+                // Generation g lives in slot g % 2; elsewhere it could be overwritten by a change.
+                if Int(configuration.generation % UInt64(DeviceLayout.configSlotCount)) == slot {
+                    configurations.append((configuration, deviceIndex, labelOffset))
+                } else {
+                    damage.append("\(name) label configuration slot \(slot): holds generation \(configuration.generation) (wrong slot)")
+                    damagedSlots.append(DamagedSlot(labelOffset: labelOffset, isConfiguration: true, slot: slot))
+                }
             }
         }
         for slot in 0..<DeviceLayout.uberblockSlotCount {
@@ -89,7 +106,10 @@ public struct DeviceLabels: Sendable {
             switch Uberblock.decode(bytes) {
             case .empty: break
             case .invalid(let why):
-                if why != "bad magic" { damage.append("\(name) label uberblock slot \(slot): \(why)") }
+                if why != "bad magic" {
+                    damage.append("\(name) label uberblock slot \(slot): \(why)")
+                    damagedSlots.append(DamagedSlot(labelOffset: labelOffset, isConfiguration: false, slot: slot))
+                }
             case .newerVersion(let version):
                 newerVersion = ("uberblock", version)
                 damage.append("\(name) label uberblock slot \(slot): format version \(version)")
@@ -98,6 +118,7 @@ public struct DeviceLabels: Sendable {
                     uberblocks.append(uberblock)
                 } else {
                     damage.append("\(name) label uberblock slot \(slot): holds checkpoint \(uberblock.checkpoint) (wrong slot)")
+                    damagedSlots.append(DamagedSlot(labelOffset: labelOffset, isConfiguration: false, slot: slot))
                 }
             }
         }

@@ -30,6 +30,9 @@ extension Pool {
             var next = state.configuration
             next.policy = policy
             next.generation += 1
+            guard next.generation <= PoolConfiguration.generationMax else {
+                throw .invalidConfiguration("pool '\(next.name)': configuration generation limit \(PoolConfiguration.generationMax) reached")
+            }
             for index in devices.indices { try writeConfiguration(next, deviceIndex: index) }
             let previous = state.configuration
             state.configuration = next
@@ -68,6 +71,9 @@ extension Pool {
                       checkpointOverride: UInt64? = nil) throws(PoolError) {
         try checkWritable(state)
         let checkpoint = checkpointOverride ?? state.uberblock.checkpoint + 1
+        guard checkpoint <= Uberblock.checkpointMax else {
+            throw .invalidConfiguration("pool '\(state.configuration.name)': checkpoint limit \(Uberblock.checkpointMax) reached")
+        }
         precondition(checkpoint > state.uberblock.checkpoint || checkpointOverride == 1, "checkpoints only move forward")
         if let failure = state.failure {
             throw .invalidConfiguration("pool '\(state.configuration.name)' is suspended after a failed commit: \(failure)")

@@ -118,7 +118,7 @@ extension Pool {
         let pool = Pool(devices: storages, isReadOnly: false, allocator: allocator,
                         state: PoolState(configuration: configuration, uberblock: firstUberblock,
                                          spaceMaps: configuration.members.map { SpaceMapCopies(layout: $0.layout) },
-                                         labelDamage: Array(repeating: [], count: storages.count)))
+                                         labelDamage: Array(repeating: .none, count: storages.count)))
         pool.state.withLock { $0.importReport.wasExported = false }
         do {
             // Labels: configuration generation 1 in its slot, the rest of both label areas zeroed

@@ -116,6 +116,15 @@ extension Pool {
                                  expectedName: target.name, expected: target.uuid)
         }
 
+        // A slot of a newer format means a newer build has written this pool: reading the older
+        // slots would roll the pool back, and a read-write import would overwrite the newer root.
+        for (index, deviceLabels) in labels.enumerated() {
+            if let newer = deviceLabels.newerVersion {
+                throw .unsupportedVersion(path: devices[index].path, what: newer.what, version: newer.version,
+                                          supported: PoolConfiguration.formatVersion)
+            }
+        }
+
         // 3. The root: the newest valid uberblock of this pool on any device.
         let candidates = labels.flatMap(\.uberblocks).filter { $0.poolUUID == target.uuid }
         guard let root = candidates.max(by: { $0.checkpoint < $1.checkpoint }) else { throw .noUberblock(poolName: target.name) }
@@ -165,18 +174,27 @@ extension Pool {
                              root: root.spaceMaps[index], allocator: allocator)
         }
         var spaceMaps: [SpaceMapCopies] = []
-        for result in loaded {
+        for (index, result) in loaded.enumerated() {
             switch result {
             case .success(let copies): spaceMaps.append(copies)
-            case .failure(let error): throw error
+            case .failure(let error):
+                // A device whose own newest uberblock is well behind the root, and whose space map
+                // does not match what the root names, is an old image of the device (a restored
+                // backup), not a corrupted one. A device that merely lags (its uberblock writes
+                // were lost in a crash) still has the space map the root names, and is fine.
+                let newestOwn = orderedLabels[index].uberblocks.filter { $0.poolUUID == target.uuid }.map(\.checkpoint).max() ?? 0
+                if case .corruptMetadata = error, newestOwn + 1 < root.checkpoint {
+                    throw .staleDeviceCheckpoint(path: ordered[index].path, deviceCheckpoint: newestOwn, poolCheckpoint: root.checkpoint)
+                }
+                throw error
             }
         }
-        let damage = orderedLabels.map { deviceLabels -> [String] in
+        let damage = orderedLabels.map { deviceLabels -> LabelDamage in
             var notes = deviceLabels.damage
             if deviceLabels.labelCopies(holding: generation) < 2 {
                 notes.append("one label copy lacks configuration generation \(generation)")
             }
-            return notes
+            return LabelDamage(notes: notes, slots: deviceLabels.damagedSlots, repaired: false)
         }
         let pool = Pool(devices: ordered, isReadOnly: readOnly, allocator: allocator,
                         state: PoolState(configuration: configuration, uberblock: root, spaceMaps: spaceMaps,
@@ -189,13 +207,29 @@ extension Pool {
         return pool
     }
 
-    /// Rewrites the configuration in force into every label copy that lacks it.
+    /// Repairs what import found damaged: the configuration in force is rewritten into both
+    /// label copies of a device that lacks it, and every other damaged slot (a torn uberblock,
+    /// a torn configuration of an uncommitted change) is zeroed. Invalid slots carry no state,
+    /// so rewriting them is safe at any moment; the notes stay for `status`, marked repaired.
     func repairLabels() throws(PoolError) {
         try state.withLock { state throws(PoolError) in
             let configuration = state.configuration
-            for (index, notes) in state.labelDamage.enumerated() where !notes.isEmpty {
+            let inForce = Int(configuration.generation % UInt64(DeviceLayout.configSlotCount))
+            let zero = allocateAlignedBuffer(byteCount: Int(DeviceLayout.uberblockSlotBytes))
+            defer { zero.deallocate() }
+            for index in state.labelDamage.indices where !state.labelDamage[index].notes.isEmpty {
                 try writeConfiguration(configuration, deviceIndex: index)
-                state.labelDamage[index] = []
+                for slot in state.labelDamage[index].slots where !(slot.isConfiguration && slot.slot == inForce) {
+                    let offset = slot.isConfiguration
+                        ? DeviceLayout.configSlotOffset(labelOffset: slot.labelOffset, slot: slot.slot)
+                        : DeviceLayout.uberblockSlotOffset(labelOffset: slot.labelOffset, slot: slot.slot)
+                    do throws(IOError) {
+                        try devices[index].write(UnsafeRawBufferPointer(zero), at: offset, fua: false)
+                    } catch {
+                        throw .io(error)
+                    }
+                }
+                state.labelDamage[index].repaired = true
             }
         }
     }

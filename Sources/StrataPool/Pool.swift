@@ -41,12 +41,19 @@ public final class Pool: Sendable {
         var configuration: PoolConfiguration
         var uberblock: Uberblock
         var spaceMaps: [SpaceMapCopies]
-        /// Per device: label slots found damaged at import (and since repaired, when writable).
-        var labelDamage: [[String]]
+        /// Per device: label slots found damaged at import (and whether they were repaired).
+        var labelDamage: [LabelDamage]
         var importReport = ImportReport(wasExported: false, skipped: [])
         var isClosed = false
         /// Set when a commit failed part-way; every later commit is refused.
         var failure: String? = nil
+    }
+
+    struct LabelDamage: Sendable {
+        var notes: [String]
+        var slots: [DeviceLabels.DamagedSlot]
+        var repaired: Bool
+        static let none = LabelDamage(notes: [], slots: [], repaired: false)
     }
 
     init(devices: [any BlockStorage], isReadOnly: Bool, allocator: PoolAllocator, state: PoolState) {

@@ -54,6 +54,8 @@ public struct PoolConfiguration: Equatable, Sendable, Codable {
     public static let formatVersion: UInt32 = 1
     public static let deviceCountMax = 64
     public static let nameBytesMax = 64
+    /// Generations above this are refused as corrupt (see Uberblock.checkpointMax).
+    public static let generationMax: UInt64 = 1 << 62
     static let magic: [UInt8] = Array("STRATCFG".utf8)
     static let memberTableOffset = 168
     static let memberEntryBytes = 32
@@ -77,6 +79,9 @@ public struct PoolConfiguration: Equatable, Sendable, Codable {
     /// Problems that make this configuration unusable, one line each.
     public func validationProblems() -> [String] {
         var problems = PoolConfiguration.nameProblems(name)
+        if generation < 1 || generation > PoolConfiguration.generationMax {
+            problems.append("configuration generation \(generation) out of range 1...\(PoolConfiguration.generationMax)")
+        }
         if members.isEmpty || members.count > PoolConfiguration.deviceCountMax {
             problems.append("a pool has 1...\(PoolConfiguration.deviceCountMax) devices, not \(members.count)")
         }

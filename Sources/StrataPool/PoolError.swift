@@ -28,6 +28,9 @@ public enum PoolError: Error, Equatable, CustomStringConvertible, Sendable {
     case missingMembers(poolName: String, missing: [String])
     /// A device whose label is older than the pool's configuration.
     case staleDevice(path: String, deviceGeneration: UInt64, poolGeneration: UInt64)
+    /// A device whose space map does not match the root and whose newest uberblock is older than
+    /// the pool's previous checkpoint: an old image of the device (a restored backup).
+    case staleDeviceCheckpoint(path: String, deviceCheckpoint: UInt64, poolCheckpoint: UInt64)
     /// A device is smaller than the size its label records.
     case truncatedDevice(path: String, sizeBytes: UInt64, labelSizeBytes: UInt64)
     /// No valid uberblock on any device.
@@ -63,6 +66,8 @@ public enum PoolError: Error, Equatable, CustomStringConvertible, Sendable {
             return "pool '\(name)': missing \(missing.count) device(s): " + missing.joined(separator: "; ")
         case .staleDevice(let path, let deviceGeneration, let poolGeneration):
             return "\(path): stale label (configuration generation \(deviceGeneration), pool is at \(poolGeneration))"
+        case .staleDeviceCheckpoint(let path, let device, let pool):
+            return "\(path): stale device image (newest uberblock is checkpoint \(device), the pool is at \(pool))"
         case .truncatedDevice(let path, let size, let labelSize):
             return "\(path): truncated: size \(size) bytes is smaller than the \(labelSize) bytes its label records"
         case .noUberblock(let name): return "pool '\(name)': no valid uberblock on any device"

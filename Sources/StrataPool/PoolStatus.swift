@@ -48,9 +48,9 @@ extension Pool {
                 let member = configuration.members[index]
                 let damage = state.labelDamage[index]
                 let health: String
-                if damage.isEmpty { health = "online" }
-                else if isReadOnly { health = "degraded: " + damage.joined(separator: "; ") }
-                else { health = "online (repaired at import: " + damage.joined(separator: "; ") + ")" }
+                if damage.notes.isEmpty { health = "online" }
+                else if damage.repaired { health = "online (repaired at import: " + damage.notes.joined(separator: "; ") + ")" }
+                else { health = "degraded: " + damage.notes.joined(separator: "; ") }
                 return PoolStatus.Device(index: index, path: device.path, role: member.holdsEveryRole ? "all" : member.role.name,
                                          uuid: member.uuid, sizeBytes: device.sizeBytes, recordedSizeBytes: member.recordedSizeBytes,
                                          space: space[index], health: health)

@@ -97,6 +97,9 @@ public struct SpaceMapRoot: Equatable, Sendable, Codable {
 public struct Uberblock: Equatable, Sendable, Codable {
     public static let formatVersion: UInt32 = 1
     public static let rootSlotCount = 8
+    /// Checkpoint numbers above this are refused as corrupt: at a million checkpoints a second
+    /// it is 146,000 years away, and the bound keeps every +1 on a checkpoint number safe.
+    public static let checkpointMax: UInt64 = 1 << 62
     static let magic: [UInt8] = Array("STRATUBR".utf8)
 
     public enum State: UInt8, Sendable, Codable {
@@ -132,7 +135,7 @@ public struct Uberblock: Equatable, Sendable, Codable {
 
     public func encode(into block: UnsafeMutableRawBufferPointer) {
         precondition(block.count == Int(DeviceLayout.uberblockSlotBytes), "uberblock slot is \(block.count) bytes")
-        precondition(checkpoint >= 1, "checkpoint numbers start at 1")
+        precondition(checkpoint >= 1 && checkpoint <= Uberblock.checkpointMax, "checkpoint \(checkpoint) out of range")
         precondition(roots.count == Uberblock.rootSlotCount, "\(roots.count) root pointers")
         precondition((1...PoolConfiguration.deviceCountMax).contains(spaceMaps.count), "\(spaceMaps.count) space maps")
         block.initializeMemory(as: UInt8.self, repeating: 0)
@@ -177,7 +180,7 @@ public struct Uberblock: Equatable, Sendable, Codable {
         }
         let checkpoint = reader.get(UInt64.self, at: 32)
         let count = Int(reader.get(UInt16.self, at: 58))
-        guard checkpoint >= 1, (1...PoolConfiguration.deviceCountMax).contains(count),
+        guard checkpoint >= 1, checkpoint <= checkpointMax, (1...PoolConfiguration.deviceCountMax).contains(count),
               let state = State(rawValue: reader.get(UInt8.self, at: 56)) else {
             return .invalid("checkpoint \(checkpoint), member count \(count) or state out of range")
         }

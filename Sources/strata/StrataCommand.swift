@@ -112,16 +112,18 @@ struct PoolCreate: ParsableCommand {
         var policy = PoolPolicy()
         try reportingErrors {
             for entry in copies {
-                let parts = entry.split(separator: "=", maxSplits: 1).map(String.init)
-                guard parts.count == 2 else { throw PoolError.invalidConfiguration("--copies \(entry): expected ROLE=N") }
+                let parts = entry.split(separator: "=", maxSplits: 1, omittingEmptySubsequences: false).map(String.init)
+                guard parts.count == 2, !parts[1].isEmpty else { throw PoolError.invalidConfiguration("--copies \(entry): expected ROLE=N") }
                 guard let role = DeviceRole(name: parts[0]) else {
                     throw PoolError.invalidConfiguration("--copies \(entry): unknown role '\(parts[0])' (roles: metadata, data, log)")
                 }
                 try policy.set("copies.\(role.name)", to: parts[1])
             }
             for entry in settings {
-                let parts = entry.split(separator: "=", maxSplits: 1).map(String.init)
-                guard parts.count == 2 else { throw PoolError.invalidConfiguration("--set \(entry): expected KEY=VALUE") }
+                let parts = entry.split(separator: "=", maxSplits: 1, omittingEmptySubsequences: false).map(String.init)
+                guard parts.count == 2, !parts[0].isEmpty, !parts[1].isEmpty else {
+                    throw PoolError.invalidConfiguration("--set \(entry): expected KEY=VALUE")
+                }
                 try policy.set(parts[0], to: parts[1])
             }
             let pool = try Pool.create(name: name, members: members, policy: policy, force: force)
@@ -230,7 +232,10 @@ struct PoolSet: ParsableCommand {
                 policy = current.configuration.policy
                 wasExported = current.status().wasExported
                 for entry in settings {
-                    let parts = entry.split(separator: "=", maxSplits: 1).map(String.init)
+                    let parts = entry.split(separator: "=", maxSplits: 1, omittingEmptySubsequences: false).map(String.init)
+                    guard parts.count == 2, !parts[0].isEmpty, !parts[1].isEmpty else {
+                        throw PoolError.invalidConfiguration("\(entry): expected KEY=VALUE")
+                    }
                     try policy.set(parts[0], to: parts[1])
                 }
                 try current.validatePolicy(policy)
