@@ -14,9 +14,8 @@ swift test -c release -Xswiftc -enable-testing --skip-build --scratch-path .buil
 hot="$(grep -Eo 'Test run with [0-9]+ tests in [0-9]+ suites passed' "$log.release" | grep -Eo '[0-9]+' | head -1 || true)"
 if [ -z "$hot" ] || [ "$hot" -lt 3 ]; then echo "release hot-path run: expected at least 3 passing tests (I/O engine, allocator, dnode cache)"; exit 1; fi
 rm -f "$log.release"
-swift run strata-perf io --smoke
-swift run strata-perf pool-import --smoke
-swift run strata-perf recording-overhead --smoke
+swift build --product strata-perf
+bash scripts/perf-smoke.sh .build/debug/strata-perf
 bash scripts/cli-smoke.sh .build/debug/strata
 # A plain summary line for tools that read the last line of a run.
 count="$(grep -Eo 'Test run with [0-9]+ tests' "$log" | tail -1 | grep -Eo '[0-9]+' || true)"

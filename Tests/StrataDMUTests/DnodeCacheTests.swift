@@ -118,27 +118,4 @@ import StrataPool
         #expect(statistics.hits + statistics.misses == 4 * 18_000)
         #expect(statistics.misses == 0 && statistics.cachedCount == 1000)
     }
-
-    /// `strata-perf dnode-cache --smoke` from this build.
-    @Test func dnodeCacheBenchmarkSmoke() throws {
-        let testBinary = URL(fileURLWithPath: CommandLine.arguments[0]).resolvingSymlinksInPath()
-        var directory = testBinary.deletingLastPathComponent()
-        while directory.path != "/" && !FileManager.default.isExecutableFile(atPath: directory.appendingPathComponent("strata-perf").path) {
-            directory = directory.deletingLastPathComponent()
-        }
-        let perf = directory.appendingPathComponent("strata-perf")
-        try #require(FileManager.default.isExecutableFile(atPath: perf.path),
-                     "strata-perf not built next to \(testBinary.path); run swift build --build-tests first")
-        let process = Process()
-        process.executableURL = perf
-        process.arguments = ["dnode-cache", "--smoke"]
-        let output = Pipe()
-        process.standardOutput = output
-        process.standardError = FileHandle.nullDevice
-        try process.run()
-        let text = String(decoding: output.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
-        process.waitUntilExit()
-        #expect(process.terminationStatus == 0, "strata-perf dnode-cache --smoke: \(text)")
-        #expect(text.contains("lookups/s") && text.contains("bytes per cached dnode"), "\(text)")
-    }
 }

@@ -368,27 +368,4 @@ func fill(_ tree: IndexTree, count: Int, valueBytes: Int = 24, offset: Int = 0) 
         _ = try tree.lookup(key("key-000001"))
         #expect(cache.hits > hits)
     }
-
-    /// The benchmark at its smallest size: `strata-perf index --smoke` from this build.
-    @Test func indexBenchmarkSmoke() throws {
-        let testBinary = URL(fileURLWithPath: CommandLine.arguments[0]).resolvingSymlinksInPath()
-        var directory = testBinary.deletingLastPathComponent()
-        while directory.path != "/" && !FileManager.default.isExecutableFile(atPath: directory.appendingPathComponent("strata-perf").path) {
-            directory = directory.deletingLastPathComponent()
-        }
-        let perf = directory.appendingPathComponent("strata-perf")
-        try #require(FileManager.default.isExecutableFile(atPath: perf.path),
-                     "strata-perf not built next to \(testBinary.path); run swift build --build-tests first")
-        let process = Process()
-        process.executableURL = perf
-        process.arguments = ["index", "--smoke"]
-        let output = Pipe()
-        process.standardOutput = output
-        process.standardError = FileHandle.nullDevice
-        try process.run()
-        let text = String(decoding: output.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
-        process.waitUntilExit()
-        #expect(process.terminationStatus == 0, "strata-perf index --smoke: \(text)")
-        #expect(text.contains("inserts/s") && text.contains("lookups/s") && text.contains("keys/s") && text.contains("flush"), "\(text)")
-    }
 }

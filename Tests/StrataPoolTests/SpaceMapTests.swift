@@ -276,27 +276,4 @@ import Testing
         #expect(cut() == [2])                          // dirty at the previous cut
         #expect(cut() == [])
     }
-
-    /// The benchmark at its smallest size: `strata-perf alloc --smoke` from this build.
-    @Test func allocatorBenchmarkSmoke() throws {
-        let testBinary = URL(fileURLWithPath: CommandLine.arguments[0]).resolvingSymlinksInPath()
-        var directory = testBinary.deletingLastPathComponent()
-        while directory.path != "/" && !FileManager.default.isExecutableFile(atPath: directory.appendingPathComponent("strata-perf").path) {
-            directory = directory.deletingLastPathComponent()
-        }
-        let perf = directory.appendingPathComponent("strata-perf")
-        try #require(FileManager.default.isExecutableFile(atPath: perf.path),
-                     "strata-perf not built next to \(testBinary.path); run swift build --build-tests first")
-        let process = Process()
-        process.executableURL = perf
-        process.arguments = ["alloc", "--smoke"]
-        let output = Pipe()
-        process.standardOutput = output
-        process.standardError = FileHandle.nullDevice
-        try process.run()
-        let text = String(decoding: output.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
-        process.waitUntilExit()
-        #expect(process.terminationStatus == 0, "strata-perf alloc --smoke: \(text)")
-        #expect(text.contains("1 MiB alloc+free") && text.contains("bytes per TiB"), "\(text)")
-    }
 }
