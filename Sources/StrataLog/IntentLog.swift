@@ -1,3 +1,408 @@
-// StrataLog — the write-ahead intent log (issue 6). Placeholder until it lands.
+// IntentLog — the write-ahead intent log: records appended by any thread, made durable in
+// group-commit batches, replayed after a crash from the last checkpoint.
+//
+// Theory
+// ------
+// What it stores. Records (type, transaction id, LSN, payload) that the DMU appends between
+// checkpoints. Records are packed into log blocks (LogBlock.swift): one block per batch, a
+// multiple of 4 KiB, self-checksummed with a verifier (pool, log identity, sequence, checksum of
+// the previous block). Blocks follow each other inside a *segment* (`segmentBytes` of the pool's
+// `.log` class: log devices, else metadata, else data); every block names the next segment,
+// allocated ahead of need (ZIL-style preallocation), so replay can follow the chain. The
+// uberblock's intent-log root points to a head block (LogHead.swift) that names the first
+// segment to replay, the verifier of its first block, the LSN the checkpoint covers, and the
+// segments owned at that checkpoint.
+//
+// Group commit. Appends go into one of two preallocated aligned batch buffers (`batchBytesMax`
+// each) under the log's lock: an LSN, a memcpy of the payload, the record header (its checksum
+// continued from the payload crc the appender computed before taking the lock), and the
+// commit callback into a preallocated array. No allocation per record. The writer (a dedicated
+// thread, or in `callerLeads` mode the thread that syncs) takes the open buffer, swaps in the
+// other one — appends continue into it while the batch is written — places the block (same
+// segment, or the next one when it does not fit), seals it and writes it with one FUA write per
+// copy (or one write plus one flush). Once that returns the batch is durable; its callbacks
+// fire in LSN order on the writer's thread, then `durableLSN` moves and `sync()` waiters wake.
+//
+// Ordering. One writer, one batch in flight: batch k+1 is written only after batch k is
+// durable, and records enter batches in LSN order. So if A was appended before B, B durable ⇒
+// A durable, and callbacks fire in append order. A batch is the unit of atomicity at replay
+// (its block checksum covers every record in it); a transaction whose records were appended in
+// one batch appears whole or not at all, and the DMU keeps transactions that span batches
+// whole with its own commit record (records carry transaction ids for that).
+//
+// Bounds. A record larger than a batch throws `recordTooLarge`. The log owns at most
+// `logBytesMax / segmentBytes` segments; at `checkpointRequestPercent` of that the DMU's
+// handler is asked for a checkpoint; when the writer needs a segment past the bound it waits
+// for `beginCheckpoint` to release some, and appends behind it wait (bounded by
+// `appendWaitNsMax`, then `logFull`).
+//
+// Crash safety.
+//   - A block is written only into never-acknowledged space: after the last durable block, or
+//     at the start of the preallocated next segment. A crash tears at most the batch in flight,
+//     whose callbacks have not fired; replay stops at the first block whose verifier fails.
+//   - Opening a log (IntentLog+Replay.swift) writes nothing: a crash right after open is the same
+//     image as before it, and replay is idempotent. The opened log appends at the position right
+//     after the last valid block, with the next sequence and that block's checksum as verifier:
+//     a torn first batch leaves every earlier record exactly as replay found it.
+//   - Space: log segments are allocated from the pool between checkpoints, so the durable space
+//     maps only count those allocated before the last checkpoint's cut; the head lists those,
+//     and open claims (`markAllocated`) the chain segments after them. The log allocates nothing
+//     between `beginCheckpoint` and `checkpointCommitted`, so "listed in the head" and "counted
+//     by the checkpoint's space maps" are the same set (IntentLog+Checkpoint.swift).
+//
+// Concurrency: all mutable state below is guarded by `monitor` (a pthread mutex + condition);
+// I/O and callbacks run outside it. Lock order: log → allocator / pool state.
+
 import StrataIO
 import StrataPool
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Usage of the log's bounded space, as reported to the checkpoint-request handler.
+public struct LogUsage: Sendable, Equatable, CustomStringConvertible {
+    public var segmentCount: Int
+    public var segmentCountMax: Int
+    public var segmentBytes: UInt64
+    /// The last LSN appended, made durable, and covered by a committed checkpoint.
+    public var appendedLSN: LSN
+    public var durableLSN: LSN
+    public var coveredThroughLSN: LSN
+
+    public var usedBytes: UInt64 { UInt64(segmentCount) * segmentBytes }
+    public var description: String {
+        "\(segmentCount)/\(segmentCountMax) segments of \(segmentBytes) bytes; appended \(appendedLSN), durable \(durableLSN), covered \(coveredThroughLSN)"
+    }
+}
+
+/// Counters of the writer (cumulative since open).
+public struct LogStatistics: Sendable, Equatable {
+    public var batches = 0
+    public var records = 0
+    public var blockBytesWritten: UInt64 = 0
+    public var payloadBytes: UInt64 = 0
+    /// Batches by record count: bucket b counts batches of [2^b, 2^(b+1)) records.
+    public var batchRecordCountHistogram = [Int](repeating: 0, count: 20)
+    public var checkpointRequests = 0
+    /// Times the writer waited for a checkpoint to release segments (log full).
+    public var logFullWaits = 0
+
+    public init() {}
+}
+
+public final class IntentLog: @unchecked Sendable {
+    /// Called once the record with this LSN is durable (on the writer's thread, in LSN order).
+    public typealias CommitCallback = @Sendable (LSN) -> Void
+    /// Called (on the writer's thread, outside the log's lock) when the log wants a checkpoint.
+    /// Must not wait for the log: hand the request to the checkpoint thread.
+    public typealias CheckpointRequestHandler = @Sendable (LogUsage) -> Void
+
+    public let pool: Pool
+    public let settings: LogSettings
+    /// Random, drawn when the log was created; in every block and head of this log.
+    public let logIdentity: UInt64
+    let poolUUID: PoolUUID
+    let monitor = LogMonitor()
+    let batches: [Batch]
+
+    // MARK: State (guarded by `monitor`)
+
+    struct Segment {
+        var copies: ExtentCopies
+        /// Sequence of its first block and checksum of the block before (0 until entered).
+        var firstSequence: UInt64 = 0
+        var previousChecksum: UInt32 = 0
+        /// LSN of its first record (0 until its first block is placed).
+        var firstLSN: LSN = 0
+    }
+
+    struct PendingCheckpoint {
+        var coveredThroughLSN: LSN
+        var checkpoint: UInt64
+        var headCopies: ExtentCopies
+        var pointer: BlockPointer?
+    }
+
+    var openBatch = 0
+    var nextLSN: LSN
+    var lastDurableLSN: LSN
+    var requestedLSN: LSN = 0
+    var coveredThroughLSN: LSN
+    /// Owned segments in chain order; `currentSegment` is being written, later ones preallocated.
+    var segments: [Segment]
+    var currentSegment: Int
+    var writeOffset: UInt64
+    var nextSequence: UInt64
+    var previousChecksum: UInt32
+    var head: (pointer: BlockPointer, copies: ExtentCopies)?
+    var pending: PendingCheckpoint?
+    var isAnchored: Bool
+    var failure: LogError?
+    var isClosed = false
+    var writerBusy = false
+    var writerIdle = false
+    var checkpointRequestArmed = true
+    var checkpointHandler: CheckpointRequestHandler?
+    var stats = LogStatistics()
+    var writerThread: pthread_t?
+
+    /// One preallocated batch buffer and the callbacks of its records.
+    final class Batch {
+        let bytes: UnsafeMutableRawBufferPointer
+        var usedBytes = LogBlock.headerBytes
+        var recordCount = 0
+        var firstLSN: LSN = 0
+        var lastLSN: LSN = 0
+        var payloadBytes: UInt64 = 0
+        var openedNs: UInt64 = 0
+        var callbacks: [(lsn: LSN, callback: CommitCallback)] = []
+
+        init(capacityBytes: Int) {
+            bytes = allocateAlignedBuffer(byteCount: capacityBytes)
+            callbacks.reserveCapacity((capacityBytes - LogBlock.headerBytes) / LogBlock.recordHeaderBytes)
+        }
+
+        deinit { bytes.deallocate() }
+
+        var isEmpty: Bool { recordCount == 0 }
+
+        func reset() {
+            usedBytes = LogBlock.headerBytes
+            recordCount = 0
+            firstLSN = 0
+            lastLSN = 0
+            payloadBytes = 0
+            callbacks.removeAll(keepingCapacity: true)
+        }
+    }
+
+    /// Everything `open`/`create` found or decided (IntentLog+Replay.swift).
+    struct InitialState {
+        var logIdentity: UInt64
+        var segments: [Segment]
+        var currentSegment: Int
+        var writeOffset: UInt64
+        var nextSequence: UInt64
+        var previousChecksum: UInt32
+        var nextLSN: LSN
+        var coveredThroughLSN: LSN
+        var head: (pointer: BlockPointer, copies: ExtentCopies)?
+    }
+
+    init(pool: Pool, settings: LogSettings, initial: InitialState) {
+        precondition(initial.currentSegment < initial.segments.count && initial.nextLSN >= 1, "log state out of range")
+        precondition(initial.segments[initial.currentSegment].firstSequence != 0 || initial.writeOffset == 0,
+                     "current segment not entered")
+        self.pool = pool
+        self.settings = settings
+        self.logIdentity = initial.logIdentity
+        self.poolUUID = pool.uuid
+        self.batches = [Batch(capacityBytes: settings.batchBytesMax), Batch(capacityBytes: settings.batchBytesMax)]
+        self.segments = initial.segments
+        self.currentSegment = initial.currentSegment
+        self.writeOffset = initial.writeOffset
+        self.nextSequence = initial.nextSequence
+        self.previousChecksum = initial.previousChecksum
+        self.nextLSN = initial.nextLSN
+        self.lastDurableLSN = initial.nextLSN - 1
+        self.coveredThroughLSN = initial.coveredThroughLSN
+        self.head = initial.head
+        self.isAnchored = initial.head != nil
+        self.segments.reserveCapacity(settings.segmentCountMax + 2)
+    }
+
+    func startWriter() {
+        guard settings.writer == .dedicatedThread else { return }
+        let context = Unmanaged.passRetained(self).toOpaque()
+        var thread = pthread_t()
+        let result = pthread_create(&thread, nil, { context in
+            let log = Unmanaged<IntentLog>.fromOpaque(context!).takeRetainedValue()
+            log.writerLoop()
+            return nil
+        }, context)
+        precondition(result == 0, "pthread_create for the log writer failed: \(result)")
+        writerThread = thread
+    }
+
+    // MARK: Public API
+
+    /// Installs the handler asked for a checkpoint when the log fills (see `CheckpointRequestHandler`).
+    public func setCheckpointRequestHandler(_ handler: CheckpointRequestHandler?) {
+        monitor.lock()
+        checkpointHandler = handler
+        monitor.unlock()
+    }
+
+    /// Appends one record; returns its LSN. Does not wait for the disk: `onDurable` fires (in
+    /// LSN order) once the record's batch is durable. Waits, at most `appendWaitNsMax`, when
+    /// both batch buffers are full (the writer is behind, or the log is full and waiting for a
+    /// checkpoint). Traps when the log is not anchored yet (a new log must be named by a
+    /// committed uberblock first: `beginCheckpoint` + commit + `checkpointCommitted`).
+    @discardableResult
+    public func append(type: UInt16, transactionID: UInt64, payload: RawSpan,
+                       onDurable: CommitCallback? = nil) throws(LogError) -> LSN {
+        let result: Result<LSN, LogError> = payload.withUnsafeBytes { raw in
+            do throws(LogError) {
+                return .success(try appendBytes(type: type, transactionID: transactionID, payload: raw, onDurable: onDurable))
+            } catch { return .failure(error) }
+        }
+        return try result.get()
+    }
+
+    /// `append` for a byte array.
+    @discardableResult
+    public func append(type: UInt16, transactionID: UInt64, payload: [UInt8],
+                       onDurable: CommitCallback? = nil) throws(LogError) -> LSN {
+        try append(type: type, transactionID: transactionID, payload: payload.span.bytes, onDurable: onDurable)
+    }
+
+    /// Returns once every record appended before the call is durable (and its callback fired).
+    /// Bounded by `appendWaitNsMax`.
+    public func sync() throws(LogError) {
+        monitor.lock()
+        defer { monitor.unlock() }
+        try waitDurableLocked(through: nextLSN - 1)
+    }
+
+    /// Asks for a batch now (everything appended so far) without waiting for it. With the
+    /// `callerLeads` writer, writes that batch on this thread before returning (unless another
+    /// thread is writing, which then picks it up).
+    public func commitAsync() {
+        monitor.lock()
+        defer { monitor.unlock() }
+        requestedLSN = max(requestedLSN, nextLSN - 1)
+        if settings.writer == .callerLeads {
+            if !writerBusy && !batches[openBatch].isEmpty && failure == nil {
+                writerBusy = true
+                writeBatchLocked()
+                writerBusy = false
+                monitor.broadcast()
+            }
+        } else if writerIdle {
+            monitor.broadcast()
+        }
+    }
+
+    /// Writes everything appended, stops the writer, and refuses further appends. Call once.
+    public func close() throws(LogError) {
+        var syncError: LogError? = nil
+        monitor.lock()
+        if !isClosed {
+            do throws(LogError) { try waitDurableLocked(through: nextLSN - 1) } catch { syncError = error }
+            isClosed = true
+            monitor.broadcast()
+        }
+        let thread = writerThread
+        writerThread = nil
+        monitor.unlock()
+        if let thread { pthread_join(thread, nil) }
+        if let syncError { throw syncError }
+    }
+
+    /// The log's space and LSNs now.
+    public var usage: LogUsage {
+        monitor.lock()
+        defer { monitor.unlock() }
+        return usageLocked()
+    }
+
+    public var statistics: LogStatistics {
+        monitor.lock()
+        defer { monitor.unlock() }
+        return stats
+    }
+
+    /// The LSN of the last record appended (0 when none ever was).
+    public var appendedLSN: LSN { usage.appendedLSN }
+    /// The LSN through which every record is durable.
+    public var durableLSN: LSN {
+        monitor.lock()
+        defer { monitor.unlock() }
+        return lastDurableLSN
+    }
+
+    // MARK: Append path
+
+    func appendBytes(type: UInt16, transactionID: UInt64, payload: UnsafeRawBufferPointer,
+                     onDurable: CommitCallback?) throws(LogError) -> LSN {
+        precondition(type != 0, "record type 0 is reserved")
+        guard payload.count <= settings.payloadBytesMax else {
+            throw .recordTooLarge(payloadBytes: payload.count, payloadBytesMax: settings.payloadBytesMax)
+        }
+        let size = LogBlock.recordBytes(payloadBytes: payload.count)
+        let payloadChecksum = CRC32C.checksum(payload)      // outside the lock, in parallel
+        monitor.lock()
+        defer { monitor.unlock() }
+        precondition(isAnchored, "append to an intent log that no committed uberblock names yet: commit a checkpoint with beginCheckpoint/checkpointCommitted first")
+        var deadlineNs: UInt64 = 0
+        while batches[openBatch].usedBytes + size > settings.batchBytesMax || failure != nil || isClosed {
+            if let failure { throw .failed(failure.description) }
+            if isClosed { throw .closed }
+            if settings.writer == .callerLeads && !writerBusy {
+                writerBusy = true                       // this caller leads one batch
+                writeBatchLocked()
+                writerBusy = false
+                monitor.broadcast()
+                continue
+            }
+            if deadlineNs == 0 { deadlineNs = LogMonitor.nowNs() + settings.appendWaitNsMax }
+            if writerIdle { monitor.broadcast() }
+            if !monitor.wait(untilNs: deadlineNs) && batches[openBatch].usedBytes + size > settings.batchBytesMax {
+                throw timeoutError(waitedNs: settings.appendWaitNsMax)
+            }
+        }
+        let batch = batches[openBatch]
+        let lsn = nextLSN
+        nextLSN += 1
+        LogBlock.putRecord(type: type, transactionID: transactionID, lsn: lsn, payload: payload, payloadChecksum: payloadChecksum,
+                           into: UnsafeMutableRawBufferPointer(rebasing: batch.bytes[batch.usedBytes..<(batch.usedBytes + size)]))
+        if batch.recordCount == 0 {
+            batch.firstLSN = lsn
+            if settings.batchDelayNs > 0 { batch.openedNs = LogMonitor.nowNs() }
+        }
+        batch.usedBytes += size
+        batch.recordCount += 1
+        batch.lastLSN = lsn
+        batch.payloadBytes += UInt64(payload.count)
+        if let onDurable { batch.callbacks.append((lsn, onDurable)) }
+        if writerIdle && settings.batchDelayNs == 0 { monitor.signal() }
+        return lsn
+    }
+
+    func timeoutError(waitedNs: UInt64) -> LogError {
+        if currentSegment + 1 >= segments.count && segments.count >= settings.segmentCountMax {
+            return .logFull(logBytesMax: settings.logBytesMax, segmentBytes: settings.segmentBytes, waitedNs: waitedNs)
+        }
+        return .appendTimedOut(waitedNs: waitedNs, batchBytesMax: settings.batchBytesMax)
+    }
+
+    /// Waits (lock held) until `lsn` is durable, leading batches in `callerLeads` mode.
+    func waitDurableLocked(through lsn: LSN) throws(LogError) {
+        requestedLSN = max(requestedLSN, lsn)
+        var deadlineNs: UInt64 = 0
+        while lastDurableLSN < lsn {
+            if let failure { throw .failed(failure.description) }
+            if settings.writer == .callerLeads {
+                if !writerBusy && !batches[openBatch].isEmpty {
+                    writerBusy = true
+                    writeBatchLocked()
+                    writerBusy = false
+                    monitor.broadcast()
+                    continue
+                }
+            } else if writerIdle {
+                monitor.broadcast()
+            }
+            if deadlineNs == 0 { deadlineNs = LogMonitor.nowNs() + settings.appendWaitNsMax }
+            if !monitor.wait(untilNs: deadlineNs) && lastDurableLSN < lsn && failure == nil {
+                throw timeoutError(waitedNs: settings.appendWaitNsMax)
+            }
+        }
+    }
+
+    func usageLocked() -> LogUsage {
+        LogUsage(segmentCount: segments.count, segmentCountMax: settings.segmentCountMax, segmentBytes: settings.segmentBytes,
+                 appendedLSN: nextLSN - 1, durableLSN: lastDurableLSN, coveredThroughLSN: coveredThroughLSN)
+    }
+}

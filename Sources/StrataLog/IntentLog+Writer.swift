@@ -1,0 +1,194 @@
+// IntentLog+Writer — the group-commit writer: one batch at a time, placed, sealed, made
+// durable, then its callbacks.
+//
+// See IntentLog.swift for the theory. The invariants this file keeps:
+//   - one writer at a time (the dedicated thread, or the `writerBusy` caller), so batch k+1 is
+//     placed and written only after batch k's write returned durable;
+//   - a block never crosses its segment's end; when a batch does not fit, the rest of the
+//     segment is abandoned and the batch goes to the start of the next (preallocated) one —
+//     replay, on finding no valid block at the abandoned position, tries there;
+//   - a segment is entered only if it exists (allocated before the first block naming it), and
+//     nothing is allocated while a checkpoint is pending (IntentLog+Checkpoint.swift);
+//   - callbacks fire after the write returned, before `lastDurableLSN` moves, so `sync()`
+//     returning means every earlier callback has run.
+
+import StrataIO
+import StrataPool
+
+extension IntentLog {
+    /// The dedicated writer thread's loop.
+    func writerLoop() {
+        monitor.lock()
+        while true {
+            while failure == nil && !isClosed && !batchIsDueLocked() {
+                writerIdle = true
+                let batch = batches[openBatch]
+                if settings.batchDelayNs > 0 && !batch.isEmpty {
+                    _ = monitor.wait(untilNs: batch.openedNs + settings.batchDelayNs)
+                } else {
+                    monitor.wait()
+                }
+                writerIdle = false
+            }
+            if failure != nil || (isClosed && batches[openBatch].isEmpty) { break }
+            writeBatchLocked()
+            monitor.broadcast()
+        }
+        monitor.unlock()
+    }
+
+    /// Whether the open batch should be written now (lock held).
+    func batchIsDueLocked() -> Bool {
+        let batch = batches[openBatch]
+        guard !batch.isEmpty else { return false }
+        if settings.batchDelayNs == 0 || isClosed || requestedLSN >= batch.firstLSN { return true }
+        if batch.usedBytes * 2 >= settings.batchBytesMax { return true }
+        return LogMonitor.nowNs() >= batch.openedNs + settings.batchDelayNs
+    }
+
+    /// Writes the open batch (lock held on entry and on return; released for the I/O and the
+    /// callbacks). On an I/O or allocation failure the log stops (`failure`).
+    func writeBatchLocked() {
+        let index = openBatch
+        let batch = batches[index]
+        precondition(!batch.isEmpty && batches[1 - index].isEmpty, "writer found batch \(index) empty or the other one busy")
+        openBatch = 1 - index
+        monitor.broadcast()                         // appenders waiting for room: the other buffer is open
+        let blockBytes = (batch.usedBytes + LogBlock.unitBytes - 1) / LogBlock.unitBytes * LogBlock.unitBytes
+        let segmentBytes = settings.segmentBytes
+
+        // Placement: the rest of this segment, or the start of the next one.
+        if writeOffset + UInt64(blockBytes) > segmentBytes {
+            guard enterNextSegmentLocked() else { return }
+        }
+        if segments.count == currentSegment + 1 { _ = tryAllocateNextSegmentLocked(required: false) }
+        if segments[currentSegment].firstLSN == 0 { segments[currentSegment].firstLSN = batch.firstLSN }
+        let next = currentSegment + 1 < segments.count ? Array(segments[currentSegment + 1].copies) : []
+        let header = LogBlock.Header(blockBytes: blockBytes, poolUUID: poolUUID, logIdentity: logIdentity, sequence: nextSequence,
+                                     firstLSN: batch.firstLSN, recordCount: batch.recordCount,
+                                     recordBytes: batch.usedBytes - LogBlock.headerBytes, previousChecksum: previousChecksum,
+                                     segmentBytes: segmentBytes, nextSegment: next)
+        let target = segments[currentSegment].copies
+        let offset = writeOffset
+        writeOffset += UInt64(blockBytes)
+        nextSequence += 1
+        let handler = checkpointRequestLocked()
+        monitor.unlock()
+
+        if let handler { handler.call(handler.usage) }
+        let block = UnsafeMutableRawBufferPointer(rebasing: batch.bytes[0..<blockBytes])
+        let checksum = LogBlock.seal(header, into: block)
+        var ioError: IOError? = nil
+        do throws(IOError) {
+            try writeDurably(UnsafeRawBufferPointer(block), copies: target, atSegmentOffset: offset, batch: batch)
+        } catch { ioError = error }
+        if ioError == nil && !settings.firesCallbacksBeforeDurable {
+            for entry in batch.callbacks { entry.callback(entry.lsn) }
+        }
+
+        monitor.lock()
+        if let ioError {
+            failure = .io(ioError)
+            monitor.broadcast()
+            return
+        }
+        previousChecksum = checksum
+        lastDurableLSN = batch.lastLSN
+        stats.batches += 1
+        stats.records += batch.recordCount
+        stats.blockBytesWritten += UInt64(blockBytes)
+        stats.payloadBytes += batch.payloadBytes
+        stats.batchRecordCountHistogram[min(Int.bitWidth - 1 - batch.recordCount.leadingZeroBitCount, 19)] += 1
+        batch.reset()
+        monitor.broadcast()
+    }
+
+    /// Writes one sealed block to every copy of its segment, durably (FUA, or write + flush).
+    private func writeDurably(_ block: UnsafeRawBufferPointer, copies: ExtentCopies, atSegmentOffset offset: UInt64,
+                              batch: Batch) throws(IOError) {
+        let devices = pool.devices
+        if settings.firesCallbacksBeforeDurable {
+            // Planted bug (crash tests): acknowledge between the write and the flush.
+            for extent in copies { try devices[extent.deviceIndex].write(block, at: extent.offsetBytes + offset, fua: false) }
+            for entry in batch.callbacks { entry.callback(entry.lsn) }
+            for extent in copies { try devices[extent.deviceIndex].flush() }
+            return
+        }
+        switch settings.durability {
+        case .fua:
+            for extent in copies { try devices[extent.deviceIndex].write(block, at: extent.offsetBytes + offset, fua: true) }
+        case .writeThenFlush:
+            for extent in copies { try devices[extent.deviceIndex].write(block, at: extent.offsetBytes + offset, fua: false) }
+            for extent in copies { try devices[extent.deviceIndex].flush() }
+        }
+    }
+
+    /// Moves to the next segment, waiting (lock held) while it does not exist and cannot be
+    /// allocated yet (log full, or a checkpoint pending). False when the log failed or closed.
+    private func enterNextSegmentLocked() -> Bool {
+        var waitedForSpace = false
+        while currentSegment + 1 >= segments.count {
+            if failure != nil { return false }
+            if isClosed {                                   // close gave up waiting (sync timed out)
+                failure = .closed
+                monitor.broadcast()
+                return false
+            }
+            if tryAllocateNextSegmentLocked(required: true) { break }
+            if failure != nil { return false }
+            if !waitedForSpace {
+                waitedForSpace = true
+                stats.logFullWaits += 1
+            }
+            // Ask for a checkpoint (again, if one was asked already: the log is now full).
+            if pending == nil, let handler = checkpointHandler {
+                checkpointRequestArmed = false
+                stats.checkpointRequests += 1
+                let usage = usageLocked()
+                monitor.unlock()
+                handler(usage)
+                monitor.lock()
+                if currentSegment + 1 < segments.count { break }
+            }
+            _ = monitor.wait(untilNs: LogMonitor.nowNs() + 100_000_000)
+        }
+        currentSegment += 1
+        writeOffset = 0
+        segments[currentSegment].firstSequence = nextSequence
+        segments[currentSegment].previousChecksum = previousChecksum
+        return true
+    }
+
+    /// Allocates the segment after the last one owned, if the bound and checkpoint state allow.
+    /// An allocation failure stops the log when `required` (nothing else can free the writer).
+    func tryAllocateNextSegmentLocked(required: Bool) -> Bool {
+        guard pending == nil, segments.count < settings.segmentCountMax else { return false }
+        do {
+            let copies = try pool.allocator.allocate(.log, lengthBytes: settings.segmentBytes)
+            precondition(copies.count <= LogBlock.nextSegmentCopiesMax, "\(copies.count) log copies")
+            segments.append(Segment(copies: copies))
+            return true
+        } catch {
+            if required {
+                failure = .noSpace("no log segment of \(settings.segmentBytes) bytes: \(error)")
+                monitor.broadcast()
+            }
+            return false
+        }
+    }
+
+    struct HandlerCall {
+        let call: CheckpointRequestHandler
+        let usage: LogUsage
+    }
+
+    /// The checkpoint request due now, if any (at `checkpointRequestPercent` of the bound, once
+    /// per checkpoint).
+    private func checkpointRequestLocked() -> HandlerCall? {
+        guard checkpointRequestArmed, pending == nil, let handler = checkpointHandler,
+              segments.count * 100 >= settings.checkpointRequestPercent * settings.segmentCountMax else { return nil }
+        checkpointRequestArmed = false
+        stats.checkpointRequests += 1
+        return HandlerCall(call: handler, usage: usageLocked())
+    }
+}

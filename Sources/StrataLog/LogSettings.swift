@@ -1,0 +1,93 @@
+// LogSettings — the bounds of the intent log, each a named setting with its default and reason.
+//
+// Every bound of the log lives here (STYLE.md: limits end in `Max` and live together). They are
+// in-memory settings of one open log, not on-disk format: a log written with one segment size is
+// replayed with the segment size its head and blocks record, whatever the settings say.
+
+/// How the log's bounds and batching behave. Validate with `validationProblems()`.
+public struct LogSettings: Sendable, Equatable {
+    /// How durable a batch is made.
+    public enum Durability: Sendable, Equatable {
+        /// One FUA write per batch (RWF_DSYNC on files and devices without FUA): one I/O.
+        case fua
+        /// A plain write, then a flush of the device: for devices whose FUA is slow or absent.
+        case writeThenFlush
+    }
+
+    /// Who writes batches.
+    public enum Writer: Sendable, Equatable {
+        /// A dedicated writer thread: a batch starts as soon as the previous one is durable and
+        /// something was appended (self-clocking group commit: the next batch forms while the
+        /// current one flushes). Appends and callbacks never wait for a caller to sync.
+        case dedicatedThread
+        /// No thread: `sync()` and `commitAsync()` write the pending batch on the calling thread
+        /// (one caller leads, the others wait for its batch). Deterministic — the crash tests use
+        /// it so that a seed always gives the same recording — and fine for single-threaded tools.
+        case callerLeads
+    }
+
+    /// Size of one log segment, the unit the log allocates from the pool's `.log` class, chains
+    /// and releases. Default 16 MiB: a chain hop (and a preallocation) every 16 MiB is rare
+    /// (64 per GiB), replay reads long sequential runs, and a checkpoint releases log space in
+    /// steps small enough that at most one segment of already-covered records is re-read at replay
+    /// (≤ 16 MiB, ~10 ms). A multiple of 1 MiB (of 64 KiB up to 1 MiB: small logs for tests —
+    /// the allocator places extents of up to 1 MiB inside one 1 MiB region).
+    public var segmentBytes: UInt64 = 16 << 20
+    /// The most log space the log may own (segments, including the preallocated next one). When
+    /// the writer needs a segment past it, it stops, requests a checkpoint, and appends wait
+    /// (bounded by `appendWaitNsMax`). Default 1 GiB: replay of a full log stays ≤ 2 s on a
+    /// device reading ≥ 0.5 GB/s (issue 6 target), and 1 GiB of records between checkpoints is
+    /// several seconds of writes at device speed — longer than a checkpoint takes.
+    public var logBytesMax: UInt64 = 1 << 30
+    /// The largest batch (one log block, one write). Default 1 MiB: DESIGN.md moves data in
+    /// records of up to 1 MiB; one such write reaches a device's sequential bandwidth, and it
+    /// bounds a batch's write time (~1 ms at 1 GB/s), hence the latency of the batch behind it.
+    /// Also bounds a record: payload ≤ batchBytesMax − 160 (block and record headers).
+    public var batchBytesMax: Int = 1 << 20
+    /// Ask for a checkpoint when the log owns this share of `logBytesMax`. Default 50: the
+    /// checkpoint then runs while the other half of the log absorbs new records, so foreground
+    /// appends stall only when records arrive faster than checkpoints retire them.
+    public var checkpointRequestPercent: Int = 50
+    /// The longest an append waits for room (a full batch buffer behind a slow device, or a full
+    /// log waiting for a checkpoint) before it throws. Default 10 s: longer than a checkpoint of a
+    /// healthy pool, short enough that a stuck pool surfaces as an error rather than a hang.
+    public var appendWaitNsMax: UInt64 = 10_000_000_000
+    /// How long the dedicated writer lets a batch gather records before writing it when nobody
+    /// asked (`sync`, `commitAsync`) and it is less than half full. Default 0: write at once —
+    /// the batch forming behind an in-flight flush is the group commit. Raise it only to trade
+    /// latency for larger batches on devices whose flushes are very expensive.
+    public var batchDelayNs: UInt64 = 0
+    public var durability: Durability = .fua
+    public var writer: Writer = .dedicatedThread
+    /// Planted bug for the crash tests' failure proof: callbacks fire after the batch is written
+    /// but before it is made durable. Never set outside tests.
+    @_spi(LogTesting) public var firesCallbacksBeforeDurable = false
+
+    public init() {}
+
+    /// The largest payload one record can carry with these settings.
+    public var payloadBytesMax: Int { batchBytesMax - LogBlock.headerBytes - LogBlock.recordHeaderBytes }
+
+    /// Segments the log may own: `logBytesMax / segmentBytes`.
+    public var segmentCountMax: Int { Int(logBytesMax / segmentBytes) }
+
+    /// Everything wrong with these settings (empty when valid), for `copies` log copies.
+    public func validationProblems(copies: Int = 1) -> [String] {
+        var problems: [String] = []
+        let segmentAligned = segmentBytes <= 1 << 20 ? segmentBytes % (64 << 10) == 0 : segmentBytes % (1 << 20) == 0
+        if segmentBytes == 0 || !segmentAligned || segmentBytes > 1 << 30 {
+            problems.append("segmentBytes \(segmentBytes) must be a multiple of 64 KiB up to 1 MiB, or of 1 MiB up to 1 GiB")
+        }
+        if batchBytesMax < 2 * LogBlock.unitBytes || batchBytesMax % LogBlock.unitBytes != 0 || UInt64(batchBytesMax) > segmentBytes {
+            problems.append("batchBytesMax \(batchBytesMax) must be a multiple of 4096, at least 8192 and at most segmentBytes \(segmentBytes)")
+        }
+        let headLimit = (4096 - 128) / (1 + max(1, copies) * 10)
+        if segmentBytes > 0 && (segmentCountMax < 3 || segmentCountMax > headLimit) {
+            problems.append("logBytesMax \(logBytesMax) / segmentBytes \(segmentBytes) = \(segmentCountMax) segments; must be 3...\(headLimit) (the log head lists them)")
+        }
+        if !(1...100).contains(checkpointRequestPercent) {
+            problems.append("checkpointRequestPercent \(checkpointRequestPercent) must be 1...100")
+        }
+        return problems
+    }
+}
