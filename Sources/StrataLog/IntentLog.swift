@@ -26,9 +26,9 @@
 // Ordering. One writer, one batch in flight: batch k+1 is written only after batch k is
 // durable, and records enter batches in LSN order. So if A was appended before B, B durable ⇒
 // A durable, and callbacks fire in append order. A batch is the unit of atomicity at replay
-// (its block checksum covers every record in it); a transaction whose records were appended in
-// one batch appears whole or not at all, and the DMU keeps transactions that span batches
-// whole with its own commit record (records carry transaction ids for that).
+// (its block checksum covers every record in it): `appendGroup` puts a transaction's records in
+// one batch, so they replay whole or not at all; records appended one by one may be split
+// across batches, and a transaction built that way needs the DMU's own commit record.
 //
 // Bounds. A record larger than a batch throws `recordTooLarge`. The log owns at most
 // `logBytesMax / segmentBytes` segments; at `checkpointRequestPercent` of that the DMU's
@@ -59,6 +59,19 @@ import StrataPool
 #if canImport(Glibc)
 import Glibc
 #endif
+
+/// One record of `IntentLog.appendGroup`.
+public struct LogAppend: Sendable {
+    public var type: UInt16
+    public var transactionID: UInt64
+    public var payload: [UInt8]
+
+    public init(type: UInt16, transactionID: UInt64, payload: [UInt8]) {
+        self.type = type
+        self.transactionID = transactionID
+        self.payload = payload
+    }
+}
 
 /// Usage of the log's bounded space, as reported to the checkpoint-request handler.
 public struct LogUsage: Sendable, Equatable, CustomStringConvertible {
@@ -334,6 +347,46 @@ public final class IntentLog: @unchecked Sendable {
         let payloadChecksum = CRC32C.checksum(payload)      // outside the lock, in parallel
         monitor.lock()
         defer { monitor.unlock() }
+        try waitForRoomLocked(bytes: size)
+        let batch = batches[openBatch]
+        let lsn = placeLocked(batch, type: type, transactionID: transactionID, payload: payload, payloadChecksum: payloadChecksum, size: size)
+        if let onDurable { batch.callbacks.append((lsn, onDurable)) }
+        if writerIdle && settings.batchDelayNs == 0 { monitor.signal() }
+        return lsn
+    }
+
+    /// Appends several records that land in the same batch, hence the same block: at replay
+    /// they are all there or none is (a transaction's records without a commit record). Their
+    /// total size (32 bytes of header per record, payloads padded to 8) must fit one batch.
+    /// `onDurable` fires once, with the last LSN. Returns the LSNs given, in order.
+    @discardableResult
+    public func appendGroup(_ records: [LogAppend], onDurable: CommitCallback? = nil) throws(LogError) -> ClosedRange<LSN> {
+        precondition(!records.isEmpty && records.allSatisfy { $0.type != 0 }, "an empty group or record type 0")
+        let total = records.reduce(0) { $0 + LogBlock.recordBytes(payloadBytes: $1.payload.count) }
+        guard total <= settings.batchBytesMax - LogBlock.headerBytes else {
+            throw .recordTooLarge(payloadBytes: total - LogBlock.recordHeaderBytes, payloadBytesMax: settings.payloadBytesMax)
+        }
+        monitor.lock()
+        defer { monitor.unlock() }
+        try waitForRoomLocked(bytes: total)
+        let batch = batches[openBatch]
+        var first: LSN = 0
+        var last: LSN = 0
+        for record in records {
+            last = record.payload.withUnsafeBytes { raw in
+                placeLocked(batch, type: record.type, transactionID: record.transactionID, payload: raw,
+                            payloadChecksum: CRC32C.checksum(raw), size: LogBlock.recordBytes(payloadBytes: raw.count))
+            }
+            if first == 0 { first = last }
+        }
+        if let onDurable { batch.callbacks.append((last, onDurable)) }
+        if writerIdle && settings.batchDelayNs == 0 { monitor.signal() }
+        return first...last
+    }
+
+    /// Waits (lock held) until the open batch has `bytes` of room, leading a batch in
+    /// `callerLeads` mode. Bounded by `appendWaitNsMax`. Traps on an unanchored log.
+    private func waitForRoomLocked(bytes size: Int) throws(LogError) {
         precondition(isAnchored, "append to an intent log that no committed uberblock names yet: commit a checkpoint with beginCheckpoint/checkpointCommitted first")
         var deadlineNs: UInt64 = 0
         while batches[openBatch].usedBytes + size > settings.batchBytesMax || failure != nil || isClosed {
@@ -352,7 +405,11 @@ public final class IntentLog: @unchecked Sendable {
                 throw timeoutError(waitedNs: settings.appendWaitNsMax)
             }
         }
-        let batch = batches[openBatch]
+    }
+
+    /// Writes one record into the open batch (lock held, room checked); returns its LSN.
+    private func placeLocked(_ batch: Batch, type: UInt16, transactionID: UInt64, payload: UnsafeRawBufferPointer,
+                             payloadChecksum: UInt32, size: Int) -> LSN {
         let lsn = nextLSN
         nextLSN += 1
         LogBlock.putRecord(type: type, transactionID: transactionID, lsn: lsn, payload: payload, payloadChecksum: payloadChecksum,
@@ -365,8 +422,6 @@ public final class IntentLog: @unchecked Sendable {
         batch.recordCount += 1
         batch.lastLSN = lsn
         batch.payloadBytes += UInt64(payload.count)
-        if let onDurable { batch.callbacks.append((lsn, onDurable)) }
-        if writerIdle && settings.batchDelayNs == 0 { monitor.signal() }
         return lsn
     }
 

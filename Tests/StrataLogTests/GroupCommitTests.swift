@@ -141,10 +141,10 @@ import Testing
             checkpointer.signal()
         }
         #expect(done.wait(timeout: .now() + 10) == .success, "appends did not resume after checkpoints")
+        try log.sync()                                        // still needs checkpoints for the last batches
         stop.withLock { $0 = true }
         checkpointer.wait()
         #expect(appended.withLock { $0 } == 120)
-        try log.sync()
         #expect(log.statistics.logFullWaits >= 1)
         try log.close()
     }
@@ -164,5 +164,27 @@ import Testing
         #expect(max == 192 << 10 && segment == 64 << 10 && waited == 200_000_000)
         #expect(LogMonitor.nowNs() - start < 3_000_000_000)
         #expect(thrown!.description.contains("196608 bytes"))
+    }
+}
+
+@Suite struct GroupAppendTests {
+    @Test func aGroupLandsInOneBlockAndAnOversizedGroupIsRefused() throws {
+        let devices = LogTestSupport.makeDevices()
+        let log = try LogTestSupport.newLog(devices: devices, settings: LogTestSupport.settings(writer: .callerLeads))
+        try log.append(type: 1, transactionID: 1, payload: [UInt8](repeating: 9, count: 12_000))
+        let callbacks = CallbackLog()
+        // 3 × 3032 bytes do not fit behind the 12 KiB record: the group goes whole into the next batch.
+        let lsns = try log.appendGroup((0..<3).map { LogAppend(type: 2, transactionID: 7, payload: LogTestSupport.payload($0, length: 3000)) }) {
+            callbacks.record($0)
+        }
+        #expect(lsns == 2...4)
+        try log.sync()
+        #expect(callbacks.all == [4])
+        #expect(log.statistics.batches == 2 && log.statistics.batchRecordCountHistogram[1] == 1)
+        #expect(throws: LogError.self) {
+            try log.appendGroup((0..<6).map { _ in LogAppend(type: 2, transactionID: 8, payload: [UInt8](repeating: 0, count: 3000)) })
+        }
+        #expect(try LogTestSupport.replayed(LogTestSupport.crashImage(devices)).records.map(\.0.lsn) == [1, 2, 3, 4])
+        try log.close()
     }
 }
