@@ -56,6 +56,7 @@ struct LogBenchmark: ParsableCommand {
     var smoke = false
 
     func run() throws {
+        defer { Cleanup.shared.runAll() }                   // e.g. resets zram0 when this run sized it
         let sizeBytes = try size.map(parseSize) ?? (smoke ? 256 << 20 : 4 << 30)
         let runSeconds = seconds ?? (smoke ? 0.3 : 3)
         let fillBytes = try replayBytes.map(parseSize) ?? (smoke ? 32 << 20 : 1 << 30)
