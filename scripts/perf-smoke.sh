@@ -20,5 +20,6 @@ check "pool-import --smoke" "read-only, by paths|read-write, by paths" pool-impo
 check "recording-overhead --smoke" "ratio recorded/plain" recording-overhead --smoke
 check "index --smoke" "inserts/s|lookups/s|keys/s|flush" index --smoke
 check "dnode-cache --smoke" "lookups/s|bytes per cached dnode" dnode-cache --smoke
+check "log --smoke" "records/s|commit p50|replay:" log --smoke
 if [ "$failures" -ne 0 ]; then echo "perf-smoke: $failures failure(s)"; exit 1; fi
 echo "perf-smoke: all benchmarks ran"
