@@ -298,24 +298,14 @@ struct IndexNodePage {
 
     // MARK: Encoding
 
+    /// Child pointers use the pool's one on-disk pointer form (`BlockPointer.encode`, 32 bytes).
     static func encodePointer(_ pointer: BlockPointer, into bytes: UnsafeMutableRawBufferPointer, at offset: Int) {
-        precondition(offset >= 0 && offset + IndexNodeFormat.pointerBytes <= bytes.count, "pointer field past the end")
-        precondition(pointer.deviceIndex >= 0 && pointer.deviceIndex <= 0xFFFF, "device index \(pointer.deviceIndex)")
-        bytes.storeBytes(of: pointer.offsetBytes.littleEndian, toByteOffset: offset, as: UInt64.self)
-        bytes.storeBytes(of: pointer.lengthBytes.littleEndian, toByteOffset: offset + 8, as: UInt64.self)
-        bytes.storeBytes(of: pointer.birthCheckpoint.littleEndian, toByteOffset: offset + 16, as: UInt64.self)
-        bytes.storeBytes(of: UInt16(pointer.deviceIndex).littleEndian, toByteOffset: offset + 24, as: UInt16.self)
-        bytes.storeBytes(of: UInt16(0), toByteOffset: offset + 26, as: UInt16.self)
-        bytes.storeBytes(of: pointer.checksum.littleEndian, toByteOffset: offset + 28, as: UInt32.self)
+        precondition(IndexNodeFormat.pointerBytes == BlockPointer.encodedByteCount, "pointer field size")
+        pointer.encode(into: bytes, at: offset)
     }
 
     static func decodePointer(_ bytes: UnsafeRawBufferPointer, at offset: Int) -> BlockPointer {
-        precondition(offset >= 0 && offset + IndexNodeFormat.pointerBytes <= bytes.count, "pointer field past the end")
-        return BlockPointer(deviceIndex: Int(UInt16(littleEndian: bytes.loadUnaligned(fromByteOffset: offset + 24, as: UInt16.self))),
-                            offsetBytes: UInt64(littleEndian: bytes.loadUnaligned(fromByteOffset: offset, as: UInt64.self)),
-                            lengthBytes: UInt64(littleEndian: bytes.loadUnaligned(fromByteOffset: offset + 8, as: UInt64.self)),
-                            birthCheckpoint: UInt64(littleEndian: bytes.loadUnaligned(fromByteOffset: offset + 16, as: UInt64.self)),
-                            checksum: UInt32(littleEndian: bytes.loadUnaligned(fromByteOffset: offset + 28, as: UInt32.self)))
+        BlockPointer.decode(from: bytes, at: offset)
     }
 
     /// Encodes a leaf entry into `buffer`; returns the encoded bytes.
