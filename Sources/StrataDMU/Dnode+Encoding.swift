@@ -113,7 +113,7 @@ extension Dnode {
         precondition(sa.count + extentBytes.count <= DnodeLimits.bodyBytes,
                      "object \(objectNumber): SA \(sa.count) + inline extents \(extentBytes.count) bytes exceed the body of \(DnodeLimits.bodyBytes)")
         slot.initializeMemory(as: UInt8.self, repeating: 0)
-        let writer = DMUFieldWriter(slot)
+        let writer = ByteWriter(slot)
         typealias O = DnodeFormat.Offset
         writer.put(bytes: DnodeFormat.magic, at: O.magic)
         writer.put(DnodeFormat.version, at: O.version)
@@ -153,7 +153,7 @@ extension Dnode {
     /// well-formed dnode of this object.
     public static func decode(_ slot: UnsafeRawBufferPointer, object: UInt64) throws(DnodeError) -> Dnode? {
         precondition(slot.count == DnodeLimits.slotBytes, "dnode slot of \(slot.count) bytes")
-        let reader = DMUFieldReader(slot)
+        let reader = ByteReader(slot)
         typealias O = DnodeFormat.Offset
         if reader.isAllZero { return nil }
         guard reader.matches(DnodeFormat.magic, at: O.magic) else { throw .corrupt(object: object, reason: "bad dnode magic") }
@@ -205,55 +205,4 @@ extension Dnode {
         dnode.systemAttributes = SystemAttributes(validatedInline: sa, overflowBlock: reader.pointer(at: O.xattrBlock))
         return dnode
     }
-}
-
-// MARK: - Field coding shared by the DMU's on-disk structures (dnodes, xattr and extent-map blocks)
-
-/// Little-endian writer over a fixed block; a field past the end traps.
-struct DMUFieldWriter {
-    let bytes: UnsafeMutableRawBufferPointer
-
-    init(_ bytes: UnsafeMutableRawBufferPointer) { self.bytes = bytes }
-
-    func put<T: FixedWidthInteger>(_ value: T, at offset: Int) {
-        precondition(offset >= 0 && offset + MemoryLayout<T>.size <= bytes.count, "field at \(offset) past block end \(bytes.count)")
-        bytes.storeBytes(of: value.littleEndian, toByteOffset: offset, as: T.self)
-    }
-
-    func put(bytes source: [UInt8], at offset: Int) {
-        precondition(offset >= 0 && offset + source.count <= bytes.count, "\(source.count) bytes at \(offset) past block end \(bytes.count)")
-        source.withUnsafeBytes { raw in
-            guard let base = raw.baseAddress, let target = bytes.baseAddress else { return }
-            (target + offset).copyMemory(from: base, byteCount: raw.count)
-        }
-    }
-
-    /// The pool's canonical 32-byte pointer encoding (`BlockPointer.encode`).
-    func put(_ pointer: BlockPointer, at offset: Int) {
-        precondition(offset >= 0 && offset + 32 <= bytes.count, "pointer at \(offset) past block end \(bytes.count)")
-        pointer.encode(into: bytes, at: offset)
-    }
-}
-
-/// Little-endian reader over a block whose length the caller checked; a field past the end traps.
-struct DMUFieldReader {
-    let bytes: UnsafeRawBufferPointer
-
-    init(_ bytes: UnsafeRawBufferPointer) { self.bytes = bytes }
-
-    func get<T: FixedWidthInteger>(_ type: T.Type, at offset: Int) -> T {
-        precondition(offset >= 0 && offset + MemoryLayout<T>.size <= bytes.count, "field at \(offset) past block end \(bytes.count)")
-        return T(littleEndian: bytes.loadUnaligned(fromByteOffset: offset, as: T.self))
-    }
-
-    func matches(_ expected: [UInt8], at offset: Int) -> Bool {
-        offset + expected.count <= bytes.count && bytes[offset ..< offset + expected.count].elementsEqual(expected)
-    }
-
-    func pointer(at offset: Int) -> BlockPointer {
-        precondition(offset >= 0 && offset + 32 <= bytes.count, "pointer at \(offset) past block end \(bytes.count)")
-        return BlockPointer.decode(from: bytes, at: offset)
-    }
-
-    var isAllZero: Bool { bytes.allSatisfy { $0 == 0 } }
 }

@@ -38,7 +38,7 @@ extension ExtentMap {
         extentFixedBytes + 12 * extent.copies.count + 4 * extent.chunkChecksums.count
     }
 
-    static func encode(_ extent: MappedExtent, into writer: DMUFieldWriter, at offset: Int) -> Int {
+    static func encode(_ extent: MappedExtent, into writer: ByteWriter, at offset: Int) -> Int {
         writer.put(extent.logicalOffsetBytes, at: offset)
         writer.put(UInt32(extent.lengthBytes / ExtentMapLimits.blockBytes), at: offset + 8)
         writer.put(extent.chunkShift, at: offset + 12)
@@ -60,7 +60,7 @@ extension ExtentMap {
     }
 
     /// Decodes one extent at `offset` (within `limit`); returns it and the next offset.
-    static func decodeExtent(_ reader: DMUFieldReader, at offset: Int, limit: Int) -> (MappedExtent, Int)? {
+    static func decodeExtent(_ reader: ByteReader, at offset: Int, limit: Int) -> (MappedExtent, Int)? {
         guard offset + extentFixedBytes <= limit else { return nil }
         let logical = reader.get(UInt64.self, at: offset)
         let lengthBytes = UInt64(reader.get(UInt32.self, at: offset + 8)) * ExtentMapLimits.blockBytes
@@ -96,7 +96,7 @@ extension ExtentMap {
         let total = extents.reduce(0) { $0 + encodedBytes($1) }
         var bytes = [UInt8](repeating: 0, count: total)
         bytes.withUnsafeMutableBytes { raw in
-            let writer = DMUFieldWriter(raw)
+            let writer = ByteWriter(raw)
             var offset = 0
             for extent in extents { offset = encode(extent, into: writer, at: offset) }
             precondition(offset == total)
@@ -107,7 +107,7 @@ extension ExtentMap {
     /// Decodes and checks a run of extents (inline list or leaf entries).
     static func decodeExtents(_ bytes: UnsafeRawBufferPointer, from start: Int, to limit: Int, count: Int?,
                               object: UInt64, block: BlockPointer?) throws(ExtentMapError) -> [MappedExtent] {
-        let reader = DMUFieldReader(bytes)
+        let reader = ByteReader(bytes)
         var extents: [MappedExtent] = []
         var offset = start
         while count.map({ extents.count < $0 }) ?? (offset < limit) {
@@ -167,7 +167,7 @@ extension ExtentMap {
         defer { buffer.deallocate() }
         do { try store.read(pointer, into: buffer) } catch { throw .metadata(object: objectNumber, error) }
         let bytes = UnsafeRawBufferPointer(buffer)
-        let reader = DMUFieldReader(bytes)
+        let reader = ByteReader(bytes)
         guard reader.matches(Self.blockMagic, at: 0) else { throw .corrupt(object: objectNumber, block: pointer, reason: "bad magic") }
         let version = reader.get(UInt8.self, at: 4)
         guard version == Self.formatVersion else { throw .unsupportedVersion(object: objectNumber, version: version) }
@@ -284,11 +284,11 @@ extension ExtentMap {
             throw error
         }
 
-        func writeBlock(level: Int, entryCount: Int, body: (DMUFieldWriter, Int) -> Int) throws(ExtentMapError) -> BlockPointer {
+        func writeBlock(level: Int, entryCount: Int, body: (ByteWriter, Int) -> Int) throws(ExtentMapError) -> BlockPointer {
             let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: mapBlockBytes, alignment: 4096)
             defer { buffer.deallocate() }
             buffer.initializeMemory(as: UInt8.self, repeating: 0)
-            let writer = DMUFieldWriter(buffer)
+            let writer = ByteWriter(buffer)
             writer.put(bytes: Self.blockMagic, at: 0)
             writer.put(Self.formatVersion, at: 4)
             writer.put(UInt8(level), at: 5)

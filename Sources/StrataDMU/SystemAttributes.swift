@@ -273,7 +273,7 @@ public struct SystemAttributes: Sendable {
         let size = (used + blockGranuleBytes - 1) / blockGranuleBytes * blockGranuleBytes
         var bytes = [UInt8](repeating: 0, count: size)
         bytes.withUnsafeMutableBytes { raw in
-            let writer = DMUFieldWriter(raw)
+            let writer = ByteWriter(raw)
             writer.put(bytes: blockMagic, at: 0)
             writer.put(blockVersion, at: 4)
             writer.put(object, at: 8)
@@ -293,7 +293,7 @@ public struct SystemAttributes: Sendable {
     }
 
     static func decodeBlock(_ bytes: UnsafeRawBufferPointer, object: UInt64) throws(DnodeError) -> [Xattr] {
-        let reader = DMUFieldReader(bytes)
+        let reader = ByteReader(bytes)
         guard bytes.count >= blockHeaderBytes, reader.matches(blockMagic, at: 0) else {
             throw .corrupt(object: object, reason: "xattr block: bad magic")
         }

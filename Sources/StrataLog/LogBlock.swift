@@ -284,13 +284,11 @@ public enum LogBlock {
 
     @inline(__always)
     static func put<T: FixedWidthInteger>(_ value: T, _ block: UnsafeMutableRawBufferPointer, _ offset: Int) {
-        precondition(offset + MemoryLayout<T>.size <= block.count, "field at \(offset) past \(block.count)")
-        block.storeBytes(of: value.littleEndian, toByteOffset: offset, as: T.self)
+        ByteWriter(block).put(value, at: offset)
     }
 
     @inline(__always)
     static func get<T: FixedWidthInteger>(_ type: T.Type, _ block: UnsafeRawBufferPointer, _ offset: Int) -> T {
-        precondition(offset + MemoryLayout<T>.size <= block.count, "field at \(offset) past \(block.count)")
-        return T(littleEndian: block.loadUnaligned(fromByteOffset: offset, as: T.self))
+        ByteReader(block).get(type, at: offset)
     }
 }

@@ -219,7 +219,7 @@ public final class FixtureStore {
         let entry = Entry(length: value.count, checksum: checksum, location: location)
         if let old = table[key] { free(old.blocks) }
         table[key] = entry
-        var payload = ByteWriter()
+        var payload = FixtureRecordWriter()
         payload.u8(1)
         payload.string(key)
         Self.encode(entry, into: &payload)
@@ -230,7 +230,7 @@ public final class FixtureStore {
     public func delete(_ key: String, onDurable: @escaping () -> Void = {}) throws(FixtureStoreError) {
         guard !key.isEmpty, key.utf8.count <= Self.keyBytesMax else { throw .invalidArgument("key '\(key)'") }
         if let old = table.removeValue(forKey: key) { free(old.blocks) }
-        var payload = ByteWriter()
+        var payload = FixtureRecordWriter()
         payload.u8(2)
         payload.string(key)
         enqueue(payload.bytes, onDurable: onDurable)
@@ -370,7 +370,7 @@ public final class FixtureStore {
             try flush(data)
             dataDirty = false
         }
-        var body = ByteWriter()
+        var body = FixtureRecordWriter()
         body.u32(UInt32(table.count))
         var referenced = [Bool](repeating: false, count: Self.dataBlockCount)
         for key in table.keys.sorted() {
@@ -389,7 +389,7 @@ public final class FixtureStore {
         try flush(meta)
 
         var root = [UInt8](repeating: 0, count: 2 * Self.blockBytes)
-        var header = ByteWriter()
+        var header = FixtureRecordWriter()
         header.u64(Self.rootMagic)
         header.u32(Self.version)
         header.u64(newGeneration)
@@ -398,7 +398,7 @@ public final class FixtureStore {
         header.u32(CRC32C.checksum(checkpointBytes))
         header.u64(logNextSequence)
         root.replaceSubrange(0..<header.bytes.count, with: header.bytes)
-        var trailer = ByteWriter()
+        var trailer = FixtureRecordWriter()
         trailer.u64(newGeneration)
         for index in stride(from: 0, to: Self.dataBlockCount, by: 8) {
             var byte: UInt8 = 0
@@ -428,7 +428,7 @@ public final class FixtureStore {
 
     private func readRoot(slot: Int) throws(FixtureStoreError) -> Root? {
         var bytes = try readBlocks(from: meta, block: Self.rootSlotFirstBlocks[slot], count: 2)
-        var reader = ByteReader(bytes)
+        var reader = FixtureRecordReader(bytes)
         guard let magic = reader.u64(), magic == Self.rootMagic, reader.u32() == Self.version,
               let generation = reader.u64() else { return nil }
         highestGenerationSeen = max(highestGenerationSeen, generation)
@@ -440,7 +440,7 @@ public final class FixtureStore {
             Self.store32(0, into: &bytes, at: Self.blockBytes - 4)
             guard CRC32C.checksum(bytes) == stored else { return nil }
         }
-        var trailer = ByteReader(Array(bytes[Self.blockBytes...]))
+        var trailer = FixtureRecordReader(Array(bytes[Self.blockBytes...]))
         let trailerGeneration = trailer.u64() ?? 0
         var bitmap: [Bool] = []
         for _ in 0..<(Self.dataBlockCount / 8) {
@@ -467,7 +467,7 @@ public final class FixtureStore {
         guard CRC32C.checksum(body) == root.checkpointChecksum else {
             throw .corrupt("checkpoint of generation \(root.generation) fails its checksum")
         }
-        var reader = ByteReader(body)
+        var reader = FixtureRecordReader(body)
         guard let count = reader.u32(), count <= Self.keyCountMax else { throw .corrupt("checkpoint table count") }
         var referenced = [Bool](repeating: false, count: Self.dataBlockCount)
         for _ in 0..<count {
@@ -491,7 +491,7 @@ public final class FixtureStore {
         replayedRecordCount = 0
         while block < Self.logEndBlock {
             let first = try readBlocks(from: meta, block: block, count: 1)
-            var header = ByteReader(first)
+            var header = FixtureRecordReader(first)
             guard header.u32() == Self.logMagic, header.u64() == generation, header.u64() == sequence,
                   let blockCount = header.u32(), blockCount >= 1, UInt64(blockCount) <= Self.logEndBlock - block,
                   let payloadBytes = header.u32(), Int(payloadBytes) <= Int(blockCount) * Self.blockBytes - Self.logHeaderBytes,
@@ -503,7 +503,7 @@ public final class FixtureStore {
                 Self.store32(0, into: &record, at: Self.logHeaderBytes - 4)
                 guard CRC32C.checksum(record) == checksum else { break }
             }
-            var payload = ByteReader(Array(record[Self.logHeaderBytes...]))
+            var payload = FixtureRecordReader(Array(record[Self.logHeaderBytes...]))
             guard let kind = payload.u8(), let key = payload.string() else { break }
             if kind == 1 {
                 guard let entry = Self.decodeEntry(&payload), entry.blocks.allSatisfy({ Int($0) < Self.dataBlockCount }) else { break }
@@ -525,7 +525,7 @@ public final class FixtureStore {
 
     private func encodeRecord(_ payload: [UInt8], sequence: UInt64) -> [UInt8] {
         let blockCount = (Self.logHeaderBytes + payload.count + Self.blockBytes - 1) / Self.blockBytes
-        var header = ByteWriter()
+        var header = FixtureRecordWriter()
         header.u32(Self.logMagic)
         header.u64(generation)
         header.u64(sequence)
@@ -537,7 +537,7 @@ public final class FixtureStore {
         return Self.padded(record)
     }
 
-    static func encode(_ entry: Entry, into writer: inout ByteWriter) {
+    static func encode(_ entry: Entry, into writer: inout FixtureRecordWriter) {
         writer.u32(UInt32(entry.length))
         writer.u32(entry.checksum)
         switch entry.location {
@@ -551,7 +551,7 @@ public final class FixtureStore {
         }
     }
 
-    static func decodeEntry(_ reader: inout ByteReader) -> Entry? {
+    static func decodeEntry(_ reader: inout FixtureRecordReader) -> Entry? {
         guard let length = reader.u32(), Int(length) <= valueBytesMax, let checksum = reader.u32(),
               let kind = reader.u8() else { return nil }
         if kind == 0 {
@@ -611,7 +611,7 @@ public final class FixtureStore {
 }
 
 /// Little-endian encoder for the fixture store's on-disk records.
-struct ByteWriter {
+struct FixtureRecordWriter {
     var bytes: [UInt8] = []
 
     mutating func u8(_ value: UInt8) { bytes.append(value) }
@@ -627,7 +627,7 @@ struct ByteWriter {
 }
 
 /// Bounds-checked little-endian decoder: every read returns `nil` past the end.
-struct ByteReader {
+struct FixtureRecordReader {
     let bytes: [UInt8]
     var position = 0
 

@@ -36,11 +36,11 @@ enum PoolTestSupport {
     /// Overwrites `count` bytes at `offset` of a file with a pattern (buffered, then fsync).
     static func scribble(_ path: String, offset: UInt64, count: Int, byte: UInt8 = 0x5A) {
         let fd = open(path, O_WRONLY)
-        precondition(fd >= 0, "open \(path)")
+        guard fd >= 0 else { fatalError("open \(path): errno \(errno)") }
         defer { close(fd) }
         let bytes = [UInt8](repeating: byte, count: count)
         let written = bytes.withUnsafeBytes { pwrite(fd, $0.baseAddress, count, off_t(offset)) }
-        precondition(written == count, "pwrite \(path)")
+        guard written == count else { fatalError("pwrite \(path): \(written) of \(count) bytes") }
         fsync(fd)
     }
 
@@ -50,7 +50,8 @@ enum PoolTestSupport {
     }
 
     static func truncate(_ path: String, to size: UInt64) {
-        precondition(Glibc.truncate(path, off_t(size)) == 0)
+        let rc = Glibc.truncate(path, off_t(size))
+        guard rc == 0 else { fatalError("truncate \(path) to \(size): errno \(errno)") }
     }
 
     /// A three-device pool (data 256 MiB, metadata 128 MiB, log 64 MiB) in `directory`.
