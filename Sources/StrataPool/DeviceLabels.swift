@@ -58,18 +58,14 @@ public struct DeviceLabels: Sendable {
         try device.read(into: buffer, at: 0)
         labels.parse(label: UnsafeRawBufferPointer(buffer), at: 0, name: "front")
 
-        var backOffsets: [UInt64] = []
-        if let recorded = labels.configurations.first?.configuration.members[labels.configurations[0].deviceIndex].recordedSizeBytes,
-           recorded <= device.sizeBytes {
-            backOffsets.append(recorded - DeviceLayout.labelBytes)
-        }
-        let guess = DeviceLayout.recordedSize(forDeviceBytes: device.sizeBytes)
-        if guess >= DeviceLayout.labelBytes * 2, !backOffsets.contains(guess - DeviceLayout.labelBytes) {
-            backOffsets.append(guess - DeviceLayout.labelBytes)
-        }
-        for offset in backOffsets.prefix(1) {
-            try device.read(into: buffer, at: offset)
-            labels.parse(label: UnsafeRawBufferPointer(buffer), at: offset, name: "back")
+        // The back label sits at the end of the recorded size (from a valid front slot); with no
+        // valid front slot, at the end of the current size rounded down to whole MiB.
+        let recorded = labels.configurations.first.map { $0.configuration.members[$0.deviceIndex].recordedSizeBytes }
+        let backEnd = recorded.flatMap { $0 <= device.sizeBytes ? $0 : nil }
+            ?? DeviceLayout.recordedSize(forDeviceBytes: device.sizeBytes)
+        if backEnd >= DeviceLayout.labelBytes * 2 {
+            try device.read(into: buffer, at: backEnd - DeviceLayout.labelBytes)
+            labels.parse(label: UnsafeRawBufferPointer(buffer), at: backEnd - DeviceLayout.labelBytes, name: "back")
         }
         return labels
     }

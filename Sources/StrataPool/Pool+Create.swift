@@ -119,7 +119,6 @@ extension Pool {
                         state: PoolState(configuration: configuration, uberblock: firstUberblock,
                                          spaceMaps: configuration.members.map { SpaceMapCopies(layout: $0.layout) },
                                          labelDamage: Array(repeating: .none, count: storages.count)))
-        pool.state.withLock { $0.importReport.wasExported = false }
         do {
             // Labels: configuration generation 1 in its slot, the rest of both label areas zeroed
             // (an old pool's uberblocks must not survive a forced create).
