@@ -107,6 +107,12 @@ extension IntentLog {
     private func writeDurably(_ block: UnsafeRawBufferPointer, copies: ExtentCopies, atSegmentOffset offset: UInt64,
                               batch: Batch) throws(IOError) {
         let devices = pool.devices
+        var mask = batch.flushMask
+        while mask != 0 {                               // data the records name, before the records
+            let index = mask.trailingZeroBitCount
+            mask &= mask - 1
+            try devices[index].flush()
+        }
         if settings.firesCallbacksBeforeDurable {
             // Planted bug (crash tests): acknowledge between the write and the flush.
             for extent in copies { try devices[extent.deviceIndex].write(block, at: extent.offsetBytes + offset, fua: false) }

@@ -169,6 +169,9 @@ public final class IntentLog: @unchecked Sendable {
         var lastLSN: LSN = 0
         var payloadBytes: UInt64 = 0
         var openedNs: UInt64 = 0
+        /// Devices (bit = pool device index) to flush before this batch's block is written: they
+        /// hold data its records point to (`appendGroup(_:flushingFirst:onDurable:)`).
+        var flushMask: UInt64 = 0
         var callbacks: [(lsn: LSN, callback: CommitCallback)] = []
 
         init(capacityBytes: Int) {
@@ -186,6 +189,7 @@ public final class IntentLog: @unchecked Sendable {
             firstLSN = 0
             lastLSN = 0
             payloadBytes = 0
+            flushMask = 0
             callbacks.removeAll(keepingCapacity: true)
         }
     }
@@ -359,8 +363,16 @@ public final class IntentLog: @unchecked Sendable {
     /// they are all there or none is (a transaction's records without a commit record). Their
     /// total size (32 bytes of header per record, payloads padded to 8) must fit one batch.
     /// `onDurable` fires once, with the last LSN. Returns the LSNs given, in order.
+    ///
+    /// `flushingFirst`: pool devices (bit i = device i, at most 64) holding data the records
+    /// point to, written but not flushed by the caller. The writer flushes them before it writes
+    /// the batch's block, once per batch however many records ask (the ZIL's vdev flush), so a
+    /// record is never durable before the data it names.
     @discardableResult
-    public func appendGroup(_ records: [LogAppend], onDurable: CommitCallback? = nil) throws(LogError) -> ClosedRange<LSN> {
+    public func appendGroup(_ records: [LogAppend], flushingFirst flushMask: UInt64 = 0,
+                            onDurable: CommitCallback? = nil) throws(LogError) -> ClosedRange<LSN> {
+        precondition(flushMask == 0 || (pool.devices.count >= 64 || flushMask >> UInt64(pool.devices.count) == 0),
+                     "flush mask \(flushMask) names a device past the pool's \(pool.devices.count)")
         precondition(!records.isEmpty && records.allSatisfy { $0.type != 0 }, "an empty group or record type 0")
         let total = records.reduce(0) { $0 + LogBlock.recordBytes(payloadBytes: $1.payload.count) }
         guard total <= settings.batchBytesMax - LogBlock.headerBytes else {
@@ -379,6 +391,7 @@ public final class IntentLog: @unchecked Sendable {
             }
             if first == 0 { first = last }
         }
+        batch.flushMask |= flushMask
         if let onDurable { batch.callbacks.append((last, onDurable)) }
         if writerIdle && settings.batchDelayNs == 0 { monitor.signal() }
         return first...last

@@ -21,12 +21,71 @@ extension Pool {
         }
     }
 
+    /// Phase 1 of a two-phase commit (the DMU's checkpoint): closes the allocator's checkpoint N
+    /// now — allocations and frees from here on belong to N+1 — and encodes N's space maps as of
+    /// this instant. Cheap (memory only), so the caller can cut while its own state is frozen and
+    /// do the I/O after unfreezing. Until `commitPrepared` (or `abandonPrepared`) every other
+    /// commit (`commitCheckpoint`, `setPolicy`, `export`, another prepare) throws.
+    public func prepareCheckpoint() throws(PoolError) -> PreparedCheckpoint {
+        try state.withLock { state throws(PoolError) in
+            try checkCommittable(state)
+            if let failure = state.failure {
+                throw .invalidConfiguration("pool '\(state.configuration.name)' is suspended after a failed commit: \(failure)")
+            }
+            let checkpoint = state.uberblock.checkpoint + 1
+            guard checkpoint <= Uberblock.checkpointMax else {
+                throw .invalidConfiguration("pool '\(state.configuration.name)': checkpoint limit \(Uberblock.checkpointMax) reached")
+            }
+            let (cut, targets) = cutSpaceMaps(checkpoint: checkpoint, copies: &state.spaceMaps)
+            state.preparedCheckpoint = checkpoint
+            return PreparedCheckpoint(checkpoint: checkpoint, cut: cut, targets: targets)
+        }
+    }
+
+    /// Phase 2: writes the space maps `prepareCheckpoint` encoded, flushes every device, writes
+    /// uberblock N naming `roots` (nil keeps the current ones), flushes again, and releases the
+    /// frees of N-1. A failure suspends the pool (re-import to recover).
+    @discardableResult
+    public func commitPrepared(_ prepared: PreparedCheckpoint, roots: [BlockPointer]? = nil) throws(PoolError) -> UInt64 {
+        try state.withLock { state throws(PoolError) in
+            precondition(state.preparedCheckpoint == prepared.checkpoint,
+                         "commitPrepared(\(prepared.checkpoint)) but the prepared checkpoint is \(state.preparedCheckpoint.map(String.init) ?? "none")")
+            state.preparedCheckpoint = nil
+            do throws(PoolError) {
+                try checkWritable(state)
+                if let failure = state.failure {
+                    throw .invalidConfiguration("pool '\(state.configuration.name)' is suspended after a failed commit: \(failure)")
+                }
+                let spaceMapRoots = try writeSpaceMaps(cut: prepared.cut, targets: prepared.targets, copies: &state.spaceMaps)
+                try commitUberblock(&state, checkpoint: prepared.checkpoint, newState: .active, roots: roots, spaceMapRoots: spaceMapRoots)
+            } catch {
+                if state.failure == nil { state.failure = error.description }
+                throw error
+            }
+            return prepared.checkpoint
+        }
+    }
+
+    /// Gives up a prepared checkpoint (the caller could not write what it was to name). The
+    /// allocator already closed it, so the in-memory state no longer matches any committed root:
+    /// the pool is suspended until re-imported.
+    public func abandonPrepared(_ prepared: PreparedCheckpoint, reason: String) {
+        state.withLock { state in
+            precondition(state.preparedCheckpoint == prepared.checkpoint, "abandonPrepared(\(prepared.checkpoint)) not prepared")
+            state.preparedCheckpoint = nil
+            if state.failure == nil { state.failure = "checkpoint \(prepared.checkpoint) abandoned: \(reason)" }
+        }
+    }
+
+    /// True after a failed or abandoned commit: every later commit is refused until a re-import.
+    public var isSuspended: Bool { state.withLock { $0.failure != nil } }
+
     /// Changes the policy: a new configuration generation in every label, then a checkpoint that
     /// names it. The allocator follows the new policy from the moment this returns.
     public func setPolicy(_ policy: PoolPolicy) throws(PoolError) {
         try validatePolicy(policy)
         try state.withLock { state throws(PoolError) in
-            try checkWritable(state)
+            try checkCommittable(state)
             var next = state.configuration
             next.policy = policy
             next.generation += 1
@@ -61,6 +120,14 @@ extension Pool {
         }
     }
 
+    /// Writable, and no two-phase commit in progress.
+    func checkCommittable(_ state: PoolState) throws(PoolError) {
+        try checkWritable(state)
+        if let prepared = state.preparedCheckpoint {
+            throw .invalidConfiguration("pool '\(state.configuration.name)': checkpoint \(prepared) is prepared and not committed yet")
+        }
+    }
+
     func checkWritable(_ state: PoolState) throws(PoolError) {
         if isReadOnly { throw .readOnly(poolName: state.configuration.name) }
         if state.isClosed { throw .invalidConfiguration("pool '\(state.configuration.name)' is exported (closed)") }
@@ -69,7 +136,7 @@ extension Pool {
     /// The commit protocol, under the state lock.
     func commitLocked(_ state: inout PoolState, newState: Uberblock.State, roots: [BlockPointer]? = nil,
                       checkpointOverride: UInt64? = nil) throws(PoolError) {
-        try checkWritable(state)
+        try checkCommittable(state)
         let checkpoint = checkpointOverride ?? state.uberblock.checkpoint + 1
         guard checkpoint <= Uberblock.checkpointMax else {
             throw .invalidConfiguration("pool '\(state.configuration.name)': checkpoint limit \(Uberblock.checkpointMax) reached")
@@ -91,7 +158,14 @@ extension Pool {
     private func commitSteps(_ state: inout PoolState, checkpoint: UInt64, newState: Uberblock.State,
                              roots: [BlockPointer]?) throws(PoolError) {
         // 1-2. Space maps (encoded under the allocator's lock, written to the copy N-1 did not name).
-        let spaceMapRoots = try writeSpaceMaps(checkpoint: checkpoint, copies: &state.spaceMaps)
+        let (cut, targets) = cutSpaceMaps(checkpoint: checkpoint, copies: &state.spaceMaps)
+        let spaceMapRoots = try writeSpaceMaps(cut: cut, targets: targets, copies: &state.spaceMaps)
+        try commitUberblock(&state, checkpoint: checkpoint, newState: newState, roots: roots, spaceMapRoots: spaceMapRoots)
+    }
+
+    /// Steps 3-5: flush everything, write the uberblock everywhere, flush, release N-1's frees.
+    private func commitUberblock(_ state: inout PoolState, checkpoint: UInt64, newState: Uberblock.State,
+                                 roots: [BlockPointer]?, spaceMapRoots: [SpaceMapRoot]) throws(PoolError) {
         // 3. Everything the uberblock names is durable before it is written: every device is
         //    flushed (side by side) and all flushes complete before any uberblock write starts.
         let devices = self.devices

@@ -60,10 +60,10 @@ extension Pool {
         return PoolAllocator(devices: members, policy: configuration.policy, openCheckpoint: openCheckpoint)
     }
 
-    /// Steps 1-2 of the commit protocol: closes the allocator's checkpoint and writes, for every
-    /// device, the space-map blocks the copy this checkpoint names lags behind on, then that
-    /// copy's checksum table. Returns the space-map roots for the uberblock.
-    func writeSpaceMaps(checkpoint: UInt64, copies: inout [SpaceMapCopies]) throws(PoolError) -> [SpaceMapRoot] {
+    /// Step 1 of the commit protocol: closes the allocator's checkpoint and encodes, for every
+    /// device, the space-map blocks the copy this checkpoint will name lags behind on (a snapshot
+    /// at this instant). Returns the cut and, per device, the copy it goes to.
+    func cutSpaceMaps(checkpoint: UInt64, copies: inout [SpaceMapCopies]) -> (cut: CheckpointCut, targets: [Int]) {
         var targets = Array(repeating: 0, count: devices.count)
         let cut = allocator.beginCheckpoint { deviceIndex, dirty in
             for index in dirty {
@@ -75,6 +75,12 @@ extension Pool {
             return copies[deviceIndex].stale[target].sorted()
         }
         precondition(cut.checkpoint == checkpoint, "allocator closed checkpoint \(cut.checkpoint), the pool commits \(checkpoint)")
+        return (cut, targets)
+    }
+
+    /// Step 2: writes the blocks `cutSpaceMaps` encoded to their copies, then each copy's
+    /// checksum table. Returns the space-map roots for the uberblock.
+    func writeSpaceMaps(cut: CheckpointCut, targets: [Int], copies: inout [SpaceMapCopies]) throws(PoolError) -> [SpaceMapRoot] {
         let blockBytes = Int(DeviceLayout.metadataBlockBytes)
         var roots: [SpaceMapRoot] = []
         for deviceIndex in devices.indices {

@@ -47,6 +47,8 @@ public final class Pool: Sendable {
         var isClosed = false
         /// Set when a commit failed part-way; every later commit is refused.
         var failure: String? = nil
+        /// The checkpoint `prepareCheckpoint` cut and `commitPrepared` has not committed yet.
+        var preparedCheckpoint: UInt64? = nil
     }
 
     struct LabelDamage: Sendable {
@@ -76,6 +78,14 @@ public final class Pool: Sendable {
         clock_gettime(CLOCK_REALTIME, &time)
         return UInt64(time.tv_sec) * 1_000_000_000 + UInt64(time.tv_nsec)
     }
+}
+
+/// A checkpoint whose allocator cut is taken (`Pool.prepareCheckpoint`) and whose uberblock is
+/// not written yet (`Pool.commitPrepared`).
+public struct PreparedCheckpoint: Sendable {
+    public let checkpoint: UInt64
+    let cut: CheckpointCut
+    let targets: [Int]
 }
 
 #if canImport(Glibc)
