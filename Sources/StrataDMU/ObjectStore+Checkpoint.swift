@@ -1,0 +1,452 @@
+// ObjectStore+Checkpoint — the checkpoint engine (transaction groups), the gate transactions
+// pass, and the throttle that keeps the bounds.
+//
+// The protocol (see ObjectStore.swift for why each step is where it is):
+//   switch (transactions held off, memory only apart from cold table-block reads):
+//     1. quiesce: no new holds, wait for the running transactions to stop;
+//     2. L = last appended LSN; the log writes its new head covering ≤ L (`beginCheckpoint`);
+//     3. every dirty object: pages → new extents (allocated now, written after the switch),
+//        extent map / index tree / xattr block → staged copy-on-write blocks;
+//     4. every dirty dnode → its dnode-table block (staged), the table tree → staged;
+//     5. the pool's allocator is cut (`prepareCheckpoint`): the space maps of N;
+//     6. the open checkpoint becomes N+1; transactions resume;
+//   after the switch, while transactions run:
+//     7. page runs and staged blocks are written (no flush);
+//     8. `commitPrepared`: space maps, flush, uberblock N naming the log head and the table;
+//     9. the log releases ≤ L (`checkpointCommitted`), the dnode cache unpins N, written pages go.
+// A failure in 2–5 or 7–8 fails the store (memory is ahead of anything committable) and the pool
+// is suspended; re-import replays from checkpoint N-1 (or N if its uberblock landed).
+
+import StrataIO
+import StrataLog
+import StrataPool
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Aligned staging buffers of `recordBytesMax` for writes from unaligned caller memory; a few
+/// are kept for reuse so the data path does not map and unmap a megabyte per write.
+final class StagingBuffers: @unchecked Sendable {
+    let bytes: Int
+    let keptMax: Int
+    private let monitor = StoreMonitor()
+    private var free: [UnsafeMutableRawBufferPointer] = []
+
+    init(bytes: Int, keptMax: Int = 32) {
+        self.bytes = bytes
+        self.keptMax = keptMax
+    }
+
+    deinit { for buffer in free { buffer.deallocate() } }
+
+    func take() -> UnsafeMutableRawBufferPointer {
+        monitor.lock()
+        if let buffer = free.popLast() {
+            monitor.unlock()
+            return buffer
+        }
+        monitor.unlock()
+        return allocateAlignedBuffer(byteCount: bytes)
+    }
+
+    func give(_ buffer: UnsafeMutableRawBufferPointer) {
+        monitor.lock()
+        if free.count < keptMax {
+            free.append(buffer)
+            monitor.unlock()
+            return
+        }
+        monitor.unlock()
+        buffer.deallocate()
+    }
+}
+
+extension ObjectStore {
+    // MARK: Gate and throttle
+
+    /// Takes a hold on the open checkpoint, waiting while a switch is in progress.
+    func enterGate() {
+        stateLock.lock()
+        while quiescing { stateLock.wait() }
+        inFlight += 1
+        stateLock.unlock()
+    }
+
+    func leaveGate(transactions: Int) {
+        stateLock.lock()
+        inFlight -= 1
+        stats.transactions += transactions
+        let wake = inFlight == 0 && quiescing
+        let wantCheckpoint = dirtyPageBytes * 100 >= settings.dirtyBytesMax * settings.checkpointDirtyPercent && !checkpointRequested
+        if wantCheckpoint { checkpointRequested = true }
+        stateLock.unlock()
+        if wake || wantCheckpoint { stateLock.withLock { stateLock.broadcast() } }
+    }
+
+    /// Waits (holding nothing) while dirty pages are at their bound or the log is at its throttle
+    /// mark, asking for a checkpoint; bounded by `throttleWaitNsMax`.
+    func waitForRoom() throws(ObjectStoreError) {
+        var deadline: UInt64 = 0
+        while true {
+            let dirty = stateLock.withLock { dirtyPageBytes }
+            var reason: String? = nil
+            if dirty >= settings.dirtyBytesMax { reason = "\(dirty) bytes of dirty pages, bound \(settings.dirtyBytesMax)" }
+            if reason == nil, let log {
+                let usage = log.usage
+                if usage.segmentCount * 100 >= usage.segmentCountMax * settings.logThrottlePercent && usage.appendedLSN > usage.coveredThroughLSN {
+                    reason = "log at \(usage.segmentCount)/\(usage.segmentCountMax) segments"
+                }
+            }
+            guard let reason else { return }
+            try checkUsable()
+            if deadline == 0 {
+                deadline = StoreMonitor.nowNs() + settings.throttleWaitNsMax
+                stateLock.withLock { stats.throttleWaits += 1 }
+            }
+            if !settings.backgroundCheckpoints {
+                try checkpoint()
+                continue
+            }
+            let completed = stateLock.withLock { stats.checkpoints }
+            stateLock.lock()
+            checkpointRequested = true
+            stateLock.broadcast()
+            var timedOut = false
+            while stats.checkpoints == completed && failure == nil && !isClosed {
+                if !stateLock.wait(untilNs: deadline) { timedOut = true; break }
+            }
+            stateLock.unlock()
+            if timedOut { throw .throttleTimedOut(waitedNs: settings.throttleWaitNsMax, reason: reason) }
+        }
+    }
+
+    /// Asks the background thread for a checkpoint (the log's request handler calls this).
+    public func requestCheckpoint() {
+        stateLock.withLock {
+            checkpointRequested = true
+            stateLock.broadcast()
+        }
+    }
+
+    // MARK: The background thread
+
+    func startCheckpointThread() {
+        let context = Unmanaged.passRetained(self).toOpaque()
+        var thread = pthread_t()
+        let result = pthread_create(&thread, nil, { context in
+            let store = Unmanaged<ObjectStore>.fromOpaque(context!).takeRetainedValue()
+            store.checkpointLoop()
+            return nil
+        }, context)
+        precondition(result == 0, "pthread_create for the checkpoint thread failed: \(result)")
+        checkpointThread = thread
+    }
+
+    func checkpointLoop() {
+        stateLock.lock()
+        while !isClosed && failure == nil {
+            let due = lastCheckpointNs + settings.checkpointIntervalNs
+            if !checkpointRequested && StoreMonitor.nowNs() < due {
+                _ = stateLock.wait(untilNs: due)
+                continue
+            }
+            checkpointRequested = false
+            stateLock.unlock()
+            do {
+                try checkpoint()
+            } catch {
+                fail("checkpoint failed: \(error)")
+            }
+            stateLock.lock()
+        }
+        stateLock.unlock()
+    }
+
+    // MARK: The checkpoint
+
+    /// Commits a checkpoint now, if anything changed since the last one (or `force`). Returns the
+    /// checkpoint number committed, or nil when there was nothing to do. Must not be called by a
+    /// thread holding a started transaction.
+    @discardableResult
+    public func checkpoint(force: Bool = false) throws(ObjectStoreError) -> UInt64? {
+        guard let log else { throw .readOnly("pool '\(pool.name)' is imported read-only") }
+        checkpointLock.lock()
+        defer { checkpointLock.unlock() }
+        try checkUsable()
+        let startNs = StoreMonitor.nowNs()
+
+        // 1. Quiesce.
+        stateLock.lock()
+        quiescing = true
+        while inFlight > 0 { stateLock.wait() }
+        let dirtySet = dirtyObjects
+        stateLock.unlock()
+        let lsn = log.appendedLSN
+        let dirtyDnodeCount = dnodes.statistics.dirtyCount
+        if !force && dirtySet.isEmpty && dirtyDnodeCount == 0 && lsn == log.coveredLSN {
+            stateLock.withLock {
+                quiescing = false
+                lastCheckpointNs = StoreMonitor.nowNs()
+                stateLock.broadcast()
+            }
+            return nil
+        }
+        let checkpoint = stateLock.withLock { openCheckpoint }
+        precondition(checkpoint == pool.uberblock.checkpoint + 1,
+                     "open checkpoint \(checkpoint) does not follow the pool's \(pool.uberblock.checkpoint)")
+
+        var pageRuns: [PageRun] = []
+        let prepared: PreparedCheckpoint
+        let logRoot: BlockPointer
+        let tableRoot: BlockPointer
+        do throws(ObjectStoreError) {
+            // 2. The log's head.
+            do { logRoot = try log.beginCheckpoint(through: lsn) } catch { throw .log(error) }
+            // 3. Dirty objects.
+            for object in dirtySet.sorted() {
+                let stripe = stripes[stripe(of: object)]
+                stripe.lock()
+                defer { stripe.unlock() }
+                try flushObject(object, checkpoint: checkpoint, pageRuns: &pageRuns)
+            }
+            // 4. Dnodes into table blocks, the table tree.
+            tableRoot = try flushDnodeTable(checkpoint: checkpoint)
+            // 5. The allocator's cut.
+            do { prepared = try pool.prepareCheckpoint() } catch { throw .pool(error) }
+            precondition(prepared.checkpoint == checkpoint, "pool prepared \(prepared.checkpoint), the store cut \(checkpoint)")
+        } catch {
+            stateLock.withLock {
+                quiescing = false
+                stateLock.broadcast()
+            }
+            fail("checkpoint \(checkpoint) could not be cut: \(error)")
+            throw error
+        }
+        // 6. Resume.
+        let switchNs = StoreMonitor.nowNs() - startNs
+        stateLock.withLock {
+            dirtyObjects.subtract(dirtySet)
+            openCheckpoint = checkpoint + 1
+            quiescing = false
+            stateLock.broadcast()
+        }
+
+        // 7-8. Write and commit.
+        var bytesWritten: UInt64 = UInt64(metadata.stagedBytes)
+        do throws(ObjectStoreError) {
+            for run in pageRuns { bytesWritten += try writePageRun(run) }
+            do { try metadata.writeStaged() } catch { throw .metadata(error) }
+            var roots = pool.uberblock.roots
+            roots[Uberblock.RootSlot.intentLog.rawValue] = logRoot
+            roots[Uberblock.RootSlot.dnodeTable.rawValue] = tableRoot
+            do { try pool.commitPrepared(prepared, roots: roots) } catch { throw .pool(error) }
+        } catch {
+            if !pool.isSuspended { pool.abandonPrepared(prepared, reason: "\(error)") }
+            fail("checkpoint \(checkpoint) could not be written: \(error)")
+            throw error
+        }
+        // 9. Release.
+        log.checkpointCommitted()
+        dnodes.markClean(through: checkpoint)
+        var releasedPages = 0
+        for run in pageRuns {
+            let stripe = stripes[stripe(of: run.object)]
+            stripe.lock()
+            let state = stateLock.withLock { objects[run.object] }
+            for (index, page) in run.pages.enumerated() {
+                releasedPages += 1
+                page.isStaged = false
+                let chunk = run.firstChunk + UInt64(index)
+                if let state, state.pages[chunk] === page { state.pages.removeValue(forKey: chunk) }
+            }
+            stripe.unlock()
+        }
+        trimObjectStates()
+        let totalNs = StoreMonitor.nowNs() - startNs
+        stateLock.withLock {
+            dirtyPageBytes -= releasedPages * Page.bytes
+            lastCheckpointNs = StoreMonitor.nowNs()
+            stats.checkpoints += 1
+            stats.lastSwitchNs = switchNs
+            stats.switchNsMax = max(stats.switchNsMax, switchNs)
+            stats.lastCheckpointNs = totalNs
+            stats.checkpointNsTotal += totalNs
+            stats.checkpointBytesWritten += bytesWritten
+            stats.pageBytesWrittenBack += UInt64(releasedPages * Page.bytes)
+            stateLock.broadcast()
+        }
+        return checkpoint
+    }
+
+    /// Contiguous pages of one object going to one new extent.
+    struct PageRun {
+        var object: UInt64
+        var firstChunk: UInt64
+        var pages: [Page]
+        var copies: ExtentCopies
+    }
+
+    /// Step 3 for one object (its stripe lock held, transactions quiesced).
+    func flushObject(_ object: UInt64, checkpoint: UInt64, pageRuns: inout [PageRun]) throws(ObjectStoreError) {
+        guard let state = stateLock.withLock({ objects[object] }), var dnode = try loadDnode(object) else { return }
+        if dnode.systemAttributes.needsFlush {
+            do { try dnode.flushXattrs(store: metadata) } catch { throw .dnode(error) }
+        }
+        switch dnode.type {
+        case .index, .directory:
+            indexLock.lock()
+            defer { indexLock.unlock() }
+            if let tree = state.index, tree.isDirty {
+                do { dnode.extentMap = .tree(try tree.flush()) } catch { throw .index(object: object, error) }
+            }
+        default:
+            guard let map = state.extentMap else { break }
+            // Pages → new extents, in runs of adjacent chunks.
+            let chunks = state.pages.filter { !$0.value.isStaged }.keys.sorted()
+            var index = 0
+            let runChunksMax = settings.recordBytesMax / Page.bytes
+            while index < chunks.count {
+                var end = index + 1
+                while end < chunks.count && chunks[end] == chunks[end - 1] + 1 && end - index < runChunksMax { end += 1 }
+                let first = chunks[index]
+                let pages = chunks[index..<end].map { state.pages[$0]! }
+                let length = UInt64(pages.count * Page.bytes)
+                let copies: ExtentCopies
+                do { copies = try pool.allocator.allocate(.data, lengthBytes: length) } catch {
+                    throw .noSpace("checkpoint \(checkpoint): \(length) bytes for the pages of object \(object): \(error)")
+                }
+                let checksums = pages.map { CRC32C.checksum(UnsafeRawBufferPointer($0.bytes)) }
+                let extent = MappedExtent(logicalOffsetBytes: first * 4096, copies: Array(copies), birthCheckpoint: checkpoint,
+                                          chunkChecksums: checksums)
+                for freed in map.replace(with: extent) { pool.allocator.free(freed) }
+                for page in pages { page.isStaged = true }
+                pageRuns.append(PageRun(object: object, firstChunk: first, pages: pages, copies: copies))
+                index = end
+            }
+            try flushMap(map, of: &dnode)
+        }
+        dnodes.update(dnode, dirtyIn: checkpoint)
+    }
+
+    /// Writes a dirty (or, with `force`, any) extent map for the checkpoint and puts its root in
+    /// the dnode.
+    func flushMap(_ map: ExtentMap, of dnode: inout Dnode, force: Bool = false) throws(ObjectStoreError) {
+        guard map.isDirty || force else { return }
+        do {
+            dnode.extentMap = try map.flush(to: metadata, inlineCapacityBytes: dnode.inlineExtentCapacityBytes)
+        } catch {
+            throw .extentMap(error)
+        }
+        dnode.blocks = map.mappedBytes / 512
+    }
+
+    /// Step 4: every dnode dirty in `checkpoint` into its table block; returns the table's root.
+    func flushDnodeTable(checkpoint: UInt64) throws(ObjectStoreError) -> BlockPointer {
+        // Dnodes changed without their object being dirty (attributes, xattrs): a changed xattr
+        // block, or an inline extent list the grown SA area no longer leaves room for.
+        for entry in dnodes.dirtyDnodes(for: checkpoint) {
+            guard let dnode = entry.dnode, dnode.systemAttributes.needsFlush || dnode.extentMap.inlineBytes > dnode.inlineExtentCapacityBytes
+            else { continue }
+            let stripe = stripes[stripe(of: entry.objectNumber)]
+            stripe.lock()
+            defer { stripe.unlock() }
+            guard var current = try loadDnode(entry.objectNumber) else { continue }
+            if current.systemAttributes.needsFlush {
+                do { try current.flushXattrs(store: metadata) } catch { throw .dnode(error) }
+            }
+            if current.extentMap.inlineBytes > current.inlineExtentCapacityBytes {
+                let map = try extentMap(of: state(of: entry.objectNumber), dnode: current)
+                try flushMap(map, of: &current, force: true)
+            }
+            dnodes.update(current, dirtyIn: checkpoint)
+        }
+        let dirty = dnodes.dirtyDnodes(for: checkpoint)
+        indexLock.lock()
+        defer { indexLock.unlock() }
+        var index = 0
+        while index < dirty.count {
+            let blockIndex = DnodeTableBlock.blockIndex(of: dirty[index].objectNumber)
+            var slots = try readTableBlock(blockIndex)
+            while index < dirty.count && DnodeTableBlock.blockIndex(of: dirty[index].objectNumber) == blockIndex {
+                let entry = dirty[index].dnode
+                precondition(entry.map { !$0.systemAttributes.needsFlush && $0.extentMap.inlineBytes <= $0.inlineExtentCapacityBytes } ?? true,
+                             "object \(dirty[index].objectNumber): dnode not flushed before its table block")
+                slots[DnodeTableBlock.slotIndex(of: dirty[index].objectNumber)] = entry
+                index += 1
+            }
+            let key = Self.tableKey(blockIndex)
+            let old: [UInt8]?
+            do { old = try table.lookup(key) } catch { throw .index(object: 0, error) }
+            do {
+                if slots.allSatisfy({ $0 == nil }) {
+                    if old != nil { try table.delete(key) }
+                } else {
+                    let bytes = DnodeTableBlock.encode(slots, blockIndex: blockIndex)
+                    let pointer = try bytes.withUnsafeBytes { raw throws(MetadataStoreError) in try metadata.writeNew(raw) }
+                    try table.insert(key, Self.encodePointer(pointer), mode: .upsert)
+                }
+            } catch let error as IndexTreeError {
+                throw .index(object: 0, error)
+            } catch let error as MetadataStoreError {
+                throw .metadata(error)
+            } catch {
+                throw .failed("\(error)")
+            }
+            if let old { metadata.free(try Self.decodePointer(old, what: "dnode table block \(blockIndex)")) }
+        }
+        var meta = [UInt8](repeating: 0, count: 16)
+        let next = stateLock.withLock { nextObject }
+        meta.withUnsafeMutableBytes { raw in
+            let writer = ByteWriter(raw)
+            writer.put(Self.metaFormatVersion, at: 0)
+            writer.put(next, at: 8)
+        }
+        do {
+            if try table.lookup(Self.metaKey) != meta { try table.insert(Self.metaKey, meta, mode: .upsert) }
+            return try table.flush()
+        } catch {
+            throw .index(object: 0, error)
+        }
+    }
+
+    /// Step 7 for one run: the pages into one aligned buffer, written to every copy.
+    func writePageRun(_ run: PageRun) throws(ObjectStoreError) -> UInt64 {
+        let length = run.pages.count * Page.bytes
+        let buffer = stagingBuffers.take()
+        defer { stagingBuffers.give(buffer) }
+        for (index, page) in run.pages.enumerated() {
+            UnsafeMutableRawBufferPointer(rebasing: buffer[index * Page.bytes ..< (index + 1) * Page.bytes])
+                .copyMemory(from: UnsafeRawBufferPointer(page.bytes))
+        }
+        for copy in run.copies {
+            do {
+                try pool.devices[copy.deviceIndex].write(UnsafeRawBufferPointer(rebasing: buffer[0..<length]), at: copy.offsetBytes, fua: false)
+            } catch {
+                throw .io(error)
+            }
+        }
+        return UInt64(length * run.copies.count)
+    }
+
+    /// Drops clean object states beyond `objectStatesMax` (they reload on demand).
+    func trimObjectStates() {
+        let excess = stateLock.withLock { objects.count - settings.objectStatesMax }
+        guard excess > 0 else { return }
+        let candidates = stateLock.withLock { Array(objects.keys.prefix(excess * 2)) }
+        var dropped = 0
+        for object in candidates where dropped < excess {
+            let stripe = stripes[stripe(of: object)]
+            stripe.lock()
+            indexLock.lock()
+            stateLock.withLock {
+                if let state = objects[object], state.isClean, !dirtyObjects.contains(object) {
+                    objects.removeValue(forKey: object)
+                    dropped += 1
+                }
+            }
+            indexLock.unlock()
+            stripe.unlock()
+        }
+    }
+}

@@ -1,0 +1,470 @@
+// ObjectStore — the transactional object core: objects (dnodes, extent maps, xattrs, index
+// trees) changed by declare/start/stop transactions, made durable by the intent log, made
+// permanent by checkpoints, rebuilt by replay.
+//
+// Theory
+// ------
+// State. The durable state is the last committed checkpoint (the uberblock's roots: the log
+// head, and the dnode table — an index tree mapping table-block number → the 16 KiB block of 16
+// dnodes, plus a `meta` entry holding the next object number) and the intent log after it. The
+// in-memory state is that checkpoint with every logged transaction since applied: dirty dnodes
+// in the dnode cache (pinned), extent maps and index trees of changed objects, and *pages* —
+// 4 KiB chunks written by small writes that have not reached a home extent yet.
+//
+// Transactions (ObjectStore+Transaction.swift). `declare*` says what a transaction will do;
+// `start` reserves data extents (ENOSPC here, before anything changed), takes a hold on the open
+// checkpoint, and locks the declared objects (striped mutexes, taken in stripe order: no deadlock);
+// each operation validates, then changes memory and produces its log record; `stop` appends the
+// records as one group (one log block: whole or absent at replay) and unlocks. Because a
+// transaction holds the locks of everything it touches from start to stop, two transactions that
+// touch the same object are ordered the same way in memory and in the log, and replay (applying
+// records in LSN order) rebuilds exactly the memory state. Commit callbacks fire from the log's
+// writer when the group's block is durable; records are appended in stop order, so "T1 stopped
+// before T2 ⇒ T2 durable implies T1 durable".
+//
+// Data path. A write's 4 KiB-aligned middle of at least `smallWriteCutoffBytes` goes to freshly
+// allocated extents (≤ `recordBytesMax` each, data class), written before `stop`; its record
+// carries the places and chunk checksums, and the log writer flushes those devices before the
+// block that holds the record (`appendGroup(flushingFirst:)`). Everything else (small writes and
+// unaligned edges) becomes pages (read-modify-write of a partial chunk from its home) and its
+// bytes travel in the record — one sequential log append per durable small write, the BlueStore
+// deferred write. Reads see pages first, then extents (checksum-verified per 4 KiB chunk), then
+// holes (zeros).
+//
+// Checkpoints (ObjectStore+Checkpoint.swift). A checkpoint is cut in a *switch*: new transactions
+// are held off and the running ones finish (the txg quiesce); then, with nothing changing,
+// L = the last appended LSN describes the memory state exactly. During the switch — memory work
+// only — the log writes its new head, dirty pages get new extents, every dirty extent map, index
+// tree, xattr block and dnode-table block is encoded copy-on-write into a staged place
+// (StagedMetadataStore), and the pool's allocator is cut (`prepareCheckpoint`), so the space maps
+// of checkpoint N count exactly the allocations of transactions ≤ L and of the checkpoint itself.
+// Then transactions resume (tagging their changes N+1) while the checkpoint writes the pages and
+// staged blocks and commits uberblock N; then the log releases the space ≤ L and the dnode cache
+// unpins what N wrote. Triggers: the interval, the log's request at its fill mark, dirty pages at
+// `checkpointDirtyPercent` of `dirtyBytesMax`, or a caller (`checkpoint()`).
+//
+// Replay (ObjectStore+Replay.swift). Open loads the dnode table of the newest uberblock, then
+// replays the log after it through the same apply functions the operations use; extents a
+// replayed record names are claimed in the allocator (they were allocated after the cut, so the
+// durable space maps do not count them). Replay writes nothing; a crash during it leaves the same
+// image. After replay a read-write open commits a checkpoint.
+//
+// Bounds (ObjectStoreSettings): dirty page bytes (`dirtyBytesMax`: transactions wait at it, and
+// the log since a checkpoint can never hold more distinct pages, which bounds replay memory too),
+// log fill (`logThrottlePercent`: transactions wait so the log never fills under held locks), the
+// dnode cache, the index node cache, in-memory object states (`objectStatesMax` clean ones).
+//
+// Crash contract (DESIGN.md): a transaction whose callback fired is in the log, durable after its
+// data; replay applies it whole. The space maps of a checkpoint count exactly what it references.
+//
+// Concurrency and lock order: stripe locks (object) → `indexLock` (every index tree and the shared
+// node cache) → `stateLock` (object table, dirty set, counters). The checkpoint gate is entered
+// before any stripe lock. The pool, allocator, log and dnode cache have their own locks, innermost.
+
+import StrataIO
+import StrataLog
+import StrataPool
+import Synchronization
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// The settings of an object store, each with its reason.
+public struct ObjectStoreSettings: Sendable, Equatable {
+    /// Writes below this many bytes (and unaligned edges of larger ones) travel in the log and
+    /// reach their home at the next checkpoint. 64 KiB: below it, a random write at home plus a
+    /// flush costs more than appending it to the sequential log; above it the log's bandwidth is
+    /// better spent on records than on copies of data (BlueStore's deferred-write cutoff is the
+    /// same order).
+    public var smallWriteCutoffBytes: Int = 64 << 10
+    /// Largest extent one write allocates (DESIGN.md: records of up to 1 MiB).
+    public var recordBytesMax: Int = 1 << 20
+    /// Bytes of pages (small-write data not at home yet) at which transactions wait for a
+    /// checkpoint. Also bounds replay memory (see the theory).
+    public var dirtyBytesMax: Int = 256 << 20
+    /// A checkpoint starts when dirty pages reach this percentage of `dirtyBytesMax`.
+    public var checkpointDirtyPercent: Int = 50
+    /// A checkpoint at least this often while anything changed (bounds replay time).
+    public var checkpointIntervalNs: UInt64 = 5_000_000_000
+    /// Transactions wait in `start` while the log's segments are at this percentage of its bound,
+    /// so a stop (holding locks) never waits for log space a checkpoint would have to free.
+    public var logThrottlePercent: Int = 80
+    /// Longest a `start` waits for a checkpoint to make room (then `.throttleTimedOut`).
+    public var throttleWaitNsMax: UInt64 = 60_000_000_000
+    /// Object lock stripes (a power of two).
+    public var objectLockStripes: Int = 256
+    /// In-memory object states (extent maps, index trees) kept when clean; more are dropped after
+    /// a checkpoint and reloaded on demand.
+    public var objectStatesMax: Int = 65_536
+    /// Run checkpoints on a background thread (triggers above). False: only `checkpoint()` runs
+    /// them (tests, crash harness).
+    public var backgroundCheckpoints: Bool = true
+    public var log = LogSettings()
+    public var dnodeCache = DnodeCacheSettings()
+    public var indexNodeCacheBytes: Int = IndexNodeCache.budgetBytesDefault
+
+    public init() {}
+
+    public func validationProblems() -> [String] {
+        var problems: [String] = []
+        if smallWriteCutoffBytes < 4096 || smallWriteCutoffBytes > recordBytesMax {
+            problems.append("smallWriteCutoffBytes \(smallWriteCutoffBytes) must be in 4096...recordBytesMax")
+        }
+        if recordBytesMax < 4096 || recordBytesMax % 4096 != 0 || recordBytesMax > 1 << 22 {
+            problems.append("recordBytesMax \(recordBytesMax) must be a multiple of 4096 up to 4 MiB")
+        }
+        if dirtyBytesMax < 1 << 20 { problems.append("dirtyBytesMax \(dirtyBytesMax) below 1 MiB") }
+        if !(1...100).contains(checkpointDirtyPercent) { problems.append("checkpointDirtyPercent \(checkpointDirtyPercent) outside 1...100") }
+        if !(10...95).contains(logThrottlePercent) { problems.append("logThrottlePercent \(logThrottlePercent) outside 10...95") }
+        if objectLockStripes < 1 || objectLockStripes & (objectLockStripes - 1) != 0 {
+            problems.append("objectLockStripes \(objectLockStripes) is not a power of two")
+        }
+        if objectStatesMax < 16 { problems.append("objectStatesMax \(objectStatesMax) below 16") }
+        return problems
+    }
+}
+
+/// Errors of the object store, each naming the object and the value involved.
+public enum ObjectStoreError: Error, Equatable, Sendable, CustomStringConvertible {
+    case invalidSettings([String])
+    case noSuchObject(object: UInt64)
+    case objectExists(object: UInt64)
+    case wrongType(object: UInt64, type: ObjectType, operation: String)
+    case readPastEnd(object: UInt64, offsetBytes: UInt64, sizeBytes: UInt64)
+    case rangeInvalid(object: UInt64, offsetBytes: UInt64, lengthBytes: UInt64)
+    case noSuchXattr(object: UInt64, name: String)
+    case noSpace(String)
+    case transactionTooLarge(logBytes: Int, logBytesMax: Int)
+    case throttleTimedOut(waitedNs: UInt64, reason: String)
+    case readOnly(String)
+    case failed(String)
+    case index(object: UInt64, IndexTreeError)
+    case dnode(DnodeError)
+    case extentMap(ExtentMapError)
+    case metadata(MetadataStoreError)
+    case io(IOError)
+    case log(LogError)
+    case pool(PoolError)
+    case corruptLog(lsn: LSN, reason: String)
+    case corrupt(String)
+
+    public var description: String {
+        switch self {
+        case .invalidSettings(let problems): return "invalid object store settings: " + problems.joined(separator: "; ")
+        case .noSuchObject(let object): return "object \(object) does not exist"
+        case .objectExists(let object): return "object \(object) already exists"
+        case .wrongType(let object, let type, let operation): return "object \(object) is a \(type) object: \(operation) is not possible on it"
+        case .readPastEnd(let object, let offset, let size): return "object \(object): read at offset \(offset) is past its end (size \(size))"
+        case .rangeInvalid(let object, let offset, let length): return "object \(object): range \(offset)+\(length) is empty or past 2^63"
+        case .noSuchXattr(let object, let name): return "object \(object) has no xattr \(name)"
+        case .noSpace(let message): return "no space: \(message)"
+        case .transactionTooLarge(let bytes, let max): return "transaction needs \(bytes) bytes of log records; one log batch holds \(max)"
+        case .throttleTimedOut(let waited, let reason): return "transaction waited \(waited / 1_000_000) ms for a checkpoint (\(reason))"
+        case .readOnly(let message): return "read-only: \(message)"
+        case .failed(let message): return "object store failed: \(message); re-import the pool"
+        case .index(let object, let error): return "object \(object): \(error)"
+        case .dnode(let error): return error.description
+        case .extentMap(let error): return error.description
+        case .metadata(let error): return error.description
+        case .io(let error): return error.description
+        case .log(let error): return error.description
+        case .pool(let error): return error.description
+        case .corruptLog(let lsn, let reason): return "intent log record \(lsn) cannot be replayed: \(reason)"
+        case .corrupt(let message): return "corrupt object store metadata: \(message)"
+        }
+    }
+}
+
+/// Counters of the object store (cumulative since open).
+public struct ObjectStoreStatistics: Sendable, Equatable {
+    public var transactions = 0
+    public var checkpoints = 0
+    /// Longest and last switch (transactions held off), and the last checkpoint's total time.
+    public var switchNsMax: UInt64 = 0
+    public var lastSwitchNs: UInt64 = 0
+    public var lastCheckpointNs: UInt64 = 0
+    public var checkpointBytesWritten: UInt64 = 0
+    public var checkpointNsTotal: UInt64 = 0
+    public var pageBytesWrittenBack: UInt64 = 0
+    public var replayedRecords = 0
+    public var replayNs: UInt64 = 0
+    public var dirtyPageBytes = 0
+    public var objectStates = 0
+    public var throttleWaits = 0
+    public init() {}
+}
+
+/// A 4 KiB chunk of an object written by a small write and not yet at home.
+final class Page {
+    let bytes: UnsafeMutableRawBufferPointer
+    /// Handed to a checkpoint's writeback: the writer reads it, so a change must copy it first.
+    var isStaged = false
+
+    init() { bytes = allocateAlignedBuffer(byteCount: Page.bytes) }
+    init(copying other: Page) {
+        bytes = allocateAlignedBuffer(byteCount: Page.bytes)
+        bytes.copyMemory(from: UnsafeRawBufferPointer(other.bytes))
+    }
+    deinit { bytes.deallocate() }
+
+    static let bytes = 4096
+}
+
+/// The in-memory state of one object beyond its dnode (guarded by the object's stripe lock).
+final class ObjectState {
+    let number: UInt64
+    /// Loaded on first use for regular objects.
+    var extentMap: ExtentMap?
+    /// Chunk index → page.
+    var pages: [UInt64: Page] = [:]
+    /// Loaded on first use for index and directory objects (guarded by `indexLock` too).
+    var index: IndexTree?
+
+    init(number: UInt64) { self.number = number }
+    var isClean: Bool { pages.isEmpty && !(extentMap?.isDirty ?? false) && !(index?.isDirty ?? false) }
+}
+
+/// A pthread mutex with a condition variable (monotonic clock), for locks held across calls and
+/// bounded waits.
+final class StoreMonitor: @unchecked Sendable {
+    private let mutex: UnsafeMutablePointer<pthread_mutex_t>
+    private let condition: UnsafeMutablePointer<pthread_cond_t>
+
+    init() {
+        mutex = .allocate(capacity: 1)
+        condition = .allocate(capacity: 1)
+        let mutexResult = pthread_mutex_init(mutex, nil)
+        precondition(mutexResult == 0, "pthread_mutex_init: \(mutexResult)")
+        var attributes = pthread_condattr_t()
+        pthread_condattr_init(&attributes)
+        pthread_condattr_setclock(&attributes, CLOCK_MONOTONIC)
+        let conditionResult = pthread_cond_init(condition, &attributes)
+        precondition(conditionResult == 0, "pthread_cond_init: \(conditionResult)")
+        pthread_condattr_destroy(&attributes)
+    }
+
+    deinit {
+        pthread_cond_destroy(condition)
+        pthread_mutex_destroy(mutex)
+        mutex.deallocate()
+        condition.deallocate()
+    }
+
+    @inline(__always) func lock() { pthread_mutex_lock(mutex) }
+    @inline(__always) func unlock() { pthread_mutex_unlock(mutex) }
+    func broadcast() { pthread_cond_broadcast(condition) }
+    func wait() { pthread_cond_wait(condition, mutex) }
+    /// False on timeout.
+    func wait(untilNs deadlineNs: UInt64) -> Bool {
+        var deadline = timespec(tv_sec: Int(deadlineNs / 1_000_000_000), tv_nsec: Int(deadlineNs % 1_000_000_000))
+        return pthread_cond_timedwait(condition, mutex, &deadline) != ETIMEDOUT
+    }
+    @inline(__always) func withLock<Result>(_ body: () throws -> Result) rethrows -> Result {
+        lock()
+        defer { unlock() }
+        return try body()
+    }
+
+    static func nowNs() -> UInt64 {
+        var now = timespec()
+        clock_gettime(CLOCK_MONOTONIC, &now)
+        return UInt64(now.tv_sec) * 1_000_000_000 + UInt64(now.tv_nsec)
+    }
+}
+
+public final class ObjectStore: @unchecked Sendable {
+    public let pool: Pool
+    public let settings: ObjectStoreSettings
+    /// Nil on a read-only pool (set once, by `open`, before the store is shared).
+    public internal(set) var log: IntentLog?
+    public let dnodes: DnodeCache
+    let metadata: StagedMetadataStore
+    let indexCache: IndexNodeCache
+    /// The dnode table (block number → table block pointer, plus `meta`); under `indexLock`.
+    let table: IndexTree
+    let stripes: [StoreMonitor]
+    let stagingBuffers: StagingBuffers
+    /// Every index tree and the shared node cache.
+    let indexLock = StoreMonitor()
+    /// Object states, dirty set, counters, gate, checkpoint requests.
+    let stateLock = StoreMonitor()
+    /// One checkpoint at a time.
+    let checkpointLock = StoreMonitor()
+
+    // MARK: State under `stateLock`
+    var objects: [UInt64: ObjectState] = [:]
+    var dirtyObjects: Set<UInt64> = []
+    var nextObject: UInt64 = 1
+    var nextTransactionID: UInt64 = 1
+    /// The checkpoint changes are tagged with (the one the next cut closes).
+    var openCheckpoint: UInt64
+    var dirtyPageBytes = 0
+    var inFlight = 0
+    var quiescing = false
+    var checkpointRequested = false
+    var lastCheckpointNs: UInt64
+    var failure: String?
+    var isClosed = false
+    var stats = ObjectStoreStatistics()
+    var checkpointThread: pthread_t?
+
+    static let metaKey: [UInt8] = Array("meta".utf8)
+    static let metaFormatVersion: UInt32 = 1
+
+    init(pool: Pool, settings: ObjectStoreSettings, log: IntentLog?, table: IndexTree, metadata: StagedMetadataStore,
+         indexCache: IndexNodeCache, nextObject: UInt64) {
+        self.pool = pool
+        self.settings = settings
+        self.log = log
+        self.table = table
+        self.metadata = metadata
+        self.indexCache = indexCache
+        self.dnodes = DnodeCache(settings: settings.dnodeCache)
+        self.stripes = (0..<settings.objectLockStripes).map { _ in StoreMonitor() }
+        self.stagingBuffers = StagingBuffers(bytes: settings.recordBytesMax)
+        self.nextObject = nextObject
+        self.openCheckpoint = pool.uberblock.checkpoint + 1
+        self.lastCheckpointNs = StoreMonitor.nowNs()
+    }
+
+    // MARK: Public queries
+
+    public var statistics: ObjectStoreStatistics {
+        stateLock.withLock {
+            var result = stats
+            result.dirtyPageBytes = dirtyPageBytes
+            result.objectStates = objects.count
+            return result
+        }
+    }
+
+    /// The next object number a create would get.
+    public var nextObjectNumber: UInt64 { stateLock.withLock { nextObject } }
+
+    public var isReadOnly: Bool { log == nil }
+
+    // MARK: Helpers shared by the operations
+
+    func stripe(of object: UInt64) -> Int { Int(truncatingIfNeeded: (object &* 0x9E37_79B9_7F4A_7C15) >> 40) & (stripes.count - 1) }
+
+    func checkUsable() throws(ObjectStoreError) {
+        let (failure, closed) = stateLock.withLock { (self.failure, isClosed) }
+        if let failure { throw .failed(failure) }
+        if closed { throw .failed("the object store is closed") }
+    }
+
+    /// Records a failure after which memory and the log no longer agree; every later transaction
+    /// and checkpoint is refused.
+    func fail(_ reason: String) {
+        stateLock.withLock {
+            if failure == nil { failure = reason }
+            stateLock.broadcast()
+        }
+    }
+
+    /// The object's state (created on first use). Caller holds the object's stripe lock.
+    func state(of object: UInt64) -> ObjectState {
+        stateLock.withLock {
+            if let state = objects[object] { return state }
+            let state = ObjectState(number: object)
+            objects[object] = state
+            return state
+        }
+    }
+
+    func markDirty(_ object: UInt64) {
+        stateLock.withLock { _ = dirtyObjects.insert(object) }
+    }
+
+    /// The dnode of `object`, from the cache or its table block; nil when it does not exist.
+    func loadDnode(_ object: UInt64) throws(ObjectStoreError) -> Dnode? {
+        switch dnodes.lookup(object) {
+        case .present(let dnode): return dnode
+        case .destroyed: return nil
+        case .absent: break
+        }
+        guard object > 0 else { return nil }
+        let blockIndex = DnodeTableBlock.blockIndex(of: object)
+        indexLock.lock()
+        defer { indexLock.unlock() }
+        let slots = try readTableBlock(blockIndex)
+        var found: Dnode? = nil
+        for case let dnode? in slots {
+            if case .present(let cached) = dnodes.insertClean(dnode), cached.objectNumber == object { found = cached }
+        }
+        if found == nil, case .present(let cached) = dnodes.lookup(object) { found = cached }
+        return found
+    }
+
+    /// The 16 slots of a table block as of the in-memory table (all nil when absent). `indexLock` held.
+    func readTableBlock(_ blockIndex: UInt64) throws(ObjectStoreError) -> [Dnode?] {
+        let value: [UInt8]?
+        do { value = try table.lookup(Self.tableKey(blockIndex)) } catch { throw .index(object: 0, error) }
+        guard let value else { return Array(repeating: nil, count: DnodeTableBlock.dnodesPerBlock) }
+        let pointer = try Self.decodePointer(value, what: "dnode table block \(blockIndex)")
+        let buffer = allocateAlignedBuffer(byteCount: DnodeTableBlock.blockBytes)
+        defer { buffer.deallocate() }
+        do { try metadata.read(pointer, into: buffer) } catch { throw .metadata(error) }
+        do { return try DnodeTableBlock.decode(UnsafeRawBufferPointer(buffer), blockIndex: blockIndex) } catch { throw .dnode(error) }
+    }
+
+    static func tableKey(_ blockIndex: UInt64) -> [UInt8] { withUnsafeBytes(of: blockIndex.bigEndian) { Array($0) } }
+
+    static func decodePointer(_ value: [UInt8], what: String) throws(ObjectStoreError) -> BlockPointer {
+        guard value.count == BlockPointer.encodedByteCount else { throw .corrupt("\(what): pointer of \(value.count) bytes") }
+        let pointer = value.withUnsafeBytes { BlockPointer.decode(from: $0, at: 0) }
+        guard !pointer.isNull, pointer.lengthBytes > 0 else { throw .corrupt("\(what): null pointer") }
+        return pointer
+    }
+
+    static func encodePointer(_ pointer: BlockPointer) -> [UInt8] {
+        var bytes = [UInt8](repeating: 0, count: BlockPointer.encodedByteCount)
+        bytes.withUnsafeMutableBytes { pointer.encode(into: $0, at: 0) }
+        return bytes
+    }
+
+    /// The extent map of a regular object (loaded on first use). Stripe lock held.
+    func extentMap(of state: ObjectState, dnode: Dnode) throws(ObjectStoreError) -> ExtentMap {
+        if let map = state.extentMap { return map }
+        do {
+            let map = try ExtentMap.load(object: state.number, root: dnode.extentMap, store: metadata)
+            state.extentMap = map
+            return map
+        } catch {
+            throw .extentMap(error)
+        }
+    }
+
+    /// The index tree of an index or directory object (loaded on first use). Stripe lock and
+    /// `indexLock` held.
+    func indexTree(of state: ObjectState, dnode: Dnode) throws(ObjectStoreError) -> IndexTree {
+        if let tree = state.index { return tree }
+        let root: BlockPointer
+        if case .tree(let pointer) = dnode.extentMap { root = pointer } else { root = .null }
+        do {
+            let tree = try IndexTree(root: root, store: metadata, name: "object \(state.number)", cache: indexCache)
+            state.index = tree
+            return tree
+        } catch {
+            throw .index(object: state.number, error)
+        }
+    }
+}
+
+/// `withUnsafeBytes` for bodies with typed throws (the standard library's rethrows untyped).
+@inline(__always)
+func withBytes<Result>(of array: [UInt8], _ body: (UnsafeRawBufferPointer) throws(ObjectStoreError) -> Result) throws(ObjectStoreError) -> Result {
+    let outcome: Swift.Result<Result, ObjectStoreError> = array.withUnsafeBytes { raw in
+        do throws(ObjectStoreError) { return .success(try body(raw)) } catch { return .failure(error) }
+    }
+    return try outcome.get()
+}
+
+@inline(__always)
+func withMutableBytes<Result>(of array: inout [UInt8], _ body: (UnsafeMutableRawBufferPointer) throws(ObjectStoreError) -> Result) throws(ObjectStoreError) -> Result {
+    let outcome: Swift.Result<Result, ObjectStoreError> = array.withUnsafeMutableBytes { raw in
+        do throws(ObjectStoreError) { return .success(try body(raw)) } catch { return .failure(error) }
+    }
+    return try outcome.get()
+}

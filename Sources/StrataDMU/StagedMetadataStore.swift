@@ -1,0 +1,160 @@
+// StagedMetadataStore — the object store's MetadataStore: blocks written during a checkpoint's
+// switch are staged in memory and reach the devices after foreground work has resumed.
+//
+// Theory. A checkpoint encodes every dirty metadata block while transactions are held off (the
+// switch, ObjectStore+Checkpoint.swift), and the switch must stay short: memory work only. So
+// `writeNew` allocates the place (class metadata, an allocation of the checkpoint being cut),
+// copies the bytes into an aligned buffer, computes the checksum for the pointer, and *stages*
+// the block; `writeStaged` writes every staged block after the switch, before the pool's commit
+// flushes the devices and writes the uberblock naming them. In between, the structures already
+// hold pointers to staged places, and a read of one (a clean index node evicted and read back, a
+// table block looked up) is served from the staged copy: `read` consults the staging table before
+// the device. Once written, the staged copies are dropped.
+//
+// Invariants: a staged place is allocated and referenced by nothing durable until the uberblock;
+// every staged block is written before `commitPrepared`, even one freed meanwhile (freed
+// after the cut, it is still referenced by the checkpoint being committed).
+// Crash safety: staged blocks are not durable; a crash before the uberblock loses them and the
+// allocation with them (the allocator's durable maps never counted them).
+
+import StrataIO
+import StrataPool
+
+public final class StagedMetadataStore: MetadataStore, @unchecked Sendable {
+    struct Address: Hashable {
+        var deviceIndex: Int
+        var offsetBytes: UInt64
+    }
+
+    public let pool: Pool
+    /// Guarded by `lock`.
+    private var blocks: [Address: UnsafeMutableRawBufferPointer] = [:]
+    private let lock = StoreMonitor()
+
+    private func withStaged<Result>(_ body: (inout [Address: UnsafeMutableRawBufferPointer]) -> Result) -> Result {
+        lock.lock()
+        defer { lock.unlock() }
+        return body(&blocks)
+    }
+
+    public init(pool: Pool) {
+        self.pool = pool
+    }
+
+    deinit {
+        withStaged { blocks in
+            for buffer in blocks.values { buffer.deallocate() }
+        }
+    }
+
+    /// Blocks staged and not written yet.
+    public var stagedBlockCount: Int { withStaged { $0.count } }
+    public var stagedBytes: Int { withStaged { $0.values.reduce(0) { $0 + $1.count } } }
+
+    public func writeNew(_ bytes: UnsafeRawBufferPointer) throws(MetadataStoreError) -> BlockPointer {
+        precondition(bytes.count > 0 && bytes.count % 4096 == 0, "metadata block of \(bytes.count) bytes")
+        precondition(!pool.isReadOnly, "metadata write on a read-only pool")
+        let copies = pool.allocator.policy.copies(for: .metadata)
+        guard copies == 1 else {
+            throw .noSpace("pool '\(pool.name)': copies.metadata=\(copies) needs multi-address block pointers, not supported yet; set copies.metadata=1")
+        }
+        let birth = pool.allocator.openCheckpoint
+        let extents: ExtentCopies
+        do {
+            extents = try pool.allocator.allocate(.metadata, lengthBytes: UInt64(bytes.count))
+        } catch {
+            throw .noSpace(error.description)
+        }
+        let extent = extents[0]
+        let buffer = allocateAlignedBuffer(byteCount: bytes.count)
+        buffer.copyMemory(from: bytes)
+        let previous = withStaged { $0.updateValue(buffer, forKey: Address(deviceIndex: extent.deviceIndex, offsetBytes: extent.offsetBytes)) }
+        precondition(previous == nil, "metadata place \(extent) staged twice")
+        return BlockPointer(deviceIndex: extent.deviceIndex, offsetBytes: extent.offsetBytes, lengthBytes: extent.lengthBytes,
+                            birthCheckpoint: birth, checksum: CRC32C.checksum(bytes))
+    }
+
+    public func read(_ pointer: BlockPointer, into buffer: UnsafeMutableRawBufferPointer) throws(MetadataStoreError) {
+        precondition(buffer.count == Int(pointer.lengthBytes), "read buffer \(buffer.count) for a block of \(pointer.lengthBytes)")
+        let address = Address(deviceIndex: pointer.deviceIndex, offsetBytes: pointer.offsetBytes)
+        let hit = withStaged { blocks -> Bool in
+            guard let block = blocks[address] else { return false }
+            precondition(block.count == buffer.count, "staged block of \(block.count) bytes read as \(buffer.count)")
+            buffer.copyMemory(from: UnsafeRawBufferPointer(block))
+            return true
+        }
+        if !hit {
+            guard pointer.deviceIndex < pool.devices.count else {
+                throw .io(.outOfRange(path: "pool '\(pool.name)' device \(pointer.deviceIndex)", offset: pointer.offsetBytes,
+                                      length: pointer.lengthBytes, sizeBytes: 0))
+            }
+            do {
+                if let base = buffer.baseAddress, Int(bitPattern: base) % 4096 == 0 {
+                    try pool.devices[pointer.deviceIndex].read(into: buffer, at: pointer.offsetBytes)
+                } else {
+                    let aligned = allocateAlignedBuffer(byteCount: buffer.count)
+                    defer { aligned.deallocate() }
+                    try pool.devices[pointer.deviceIndex].read(into: aligned, at: pointer.offsetBytes)
+                    buffer.copyMemory(from: UnsafeRawBufferPointer(aligned))
+                }
+            } catch {
+                throw .io(error)
+            }
+        }
+        let found = CRC32C.checksum(UnsafeRawBufferPointer(buffer))
+        guard found == pointer.checksum else {
+            throw .checksumMismatch(pointer: pointer, path: pool.devices[pointer.deviceIndex].path, found: found)
+        }
+    }
+
+    public func free(_ pointer: BlockPointer) {
+        precondition(!pointer.isNull, "free of a null block pointer")
+        // A staged block is still written: the checkpoint being committed may reference it (a
+        // block cut in checkpoint N and freed by a transaction of N+1). The free is deferred.
+        pool.allocator.free(Extent(deviceIndex: pointer.deviceIndex, offsetBytes: pointer.offsetBytes, lengthBytes: pointer.lengthBytes))
+    }
+
+    /// Writes every staged block (adjacent blocks of a device in one write, up to 1 MiB), then
+    /// drops them. Not durable: the pool's commit flushes. On an error the blocks stay staged.
+    public func writeStaged() throws(MetadataStoreError) {
+        let snapshot = withStaged { blocks in blocks.map { ($0.key, $0.value) } }
+            .sorted { ($0.0.deviceIndex, $0.0.offsetBytes) < ($1.0.deviceIndex, $1.0.offsetBytes) }
+        let runBytesMax = 1 << 20
+        let run = allocateAlignedBuffer(byteCount: runBytesMax)
+        defer { run.deallocate() }
+        var index = 0
+        while index < snapshot.count {
+            let (start, first) = snapshot[index]
+            var length = first.count
+            var end = index + 1
+            while end < snapshot.count, snapshot[end].0.deviceIndex == start.deviceIndex,
+                  snapshot[end].0.offsetBytes == start.offsetBytes + UInt64(length),
+                  length + snapshot[end].1.count <= runBytesMax {
+                length += snapshot[end].1.count
+                end += 1
+            }
+            do {
+                if end == index + 1 {
+                    try pool.devices[start.deviceIndex].write(UnsafeRawBufferPointer(first), at: start.offsetBytes, fua: false)
+                } else {
+                    var cursor = 0
+                    for position in index..<end {
+                        let block = snapshot[position].1
+                        UnsafeMutableRawBufferPointer(rebasing: run[cursor ..< cursor + block.count]).copyMemory(from: UnsafeRawBufferPointer(block))
+                        cursor += block.count
+                    }
+                    try pool.devices[start.deviceIndex].write(UnsafeRawBufferPointer(rebasing: run[0..<length]), at: start.offsetBytes, fua: false)
+                }
+            } catch {
+                throw .io(error)
+            }
+            index = end
+        }
+        withStaged { blocks in
+            for (address, buffer) in snapshot where blocks[address]?.baseAddress == buffer.baseAddress {
+                blocks.removeValue(forKey: address)
+                buffer.deallocate()
+            }
+        }
+    }
+}

@@ -1,0 +1,338 @@
+// Transaction — declare → start → operations → stop, the Lustre OSD shape (dt_trans_create,
+// declare_*, dt_trans_start, the operations, dt_trans_stop with commit callbacks).
+//
+// Theory. `declare*` records what the transaction will touch and sizes it: data extents for
+// large writes, log bytes for every record. `start` is where it can fail cleanly: a transaction
+// whose records cannot fit one log batch (`transactionTooLarge`), no room for its data extents
+// (ENOSPC from the allocator's reservation, which holds concrete extents so later allocation
+// cannot fail), no metadata headroom, or a throttle wait that times out — each before anything
+// changed. Then it takes a hold on the open checkpoint (the checkpoint switch waits for holds to
+// drop) and the declared objects' stripe locks in ascending stripe order, and keeps both until
+// `stop`. An operation that was not declared is a programmer error and traps. An operation that
+// fails validation throws and changes nothing; the transaction stays usable and must still be
+// stopped. `stop` appends the records of the operations that succeeded as one log group and
+// returns without waiting; `onCommit` fires once they are durable.
+//
+// Not thread-safe: one thread drives a transaction. A thread must not call
+// `ObjectStore.checkpoint()` while it holds a started transaction (the checkpoint waits for it).
+
+import StrataIO
+import StrataLog
+import StrataPool
+
+public final class Transaction {
+    public let store: ObjectStore
+
+    enum Phase { case declaring, started, stopped }
+    enum Kind: Hashable { case create, destroy, attributes, write, punch, xattr, index }
+    struct Declared: Hashable {
+        var kind: Kind
+        var object: UInt64
+    }
+
+    var phase = Phase.declaring
+    var declared: Set<Declared> = []
+    var objects: Set<UInt64> = []
+    var extentCount = 0
+    var logBytes = 0
+    var reservation: Reservation?
+    var lockedStripes: [Int] = []
+    var records: [LogAppend] = []
+    var flushMask: UInt64 = 0
+    public private(set) var id: UInt64 = 0
+
+    init(store: ObjectStore) {
+        self.store = store
+    }
+
+    deinit {
+        precondition(phase != .started, "transaction \(id) was started and never stopped")
+    }
+
+    // MARK: Declare
+
+    private func declare(_ kind: Kind, _ object: UInt64, recordPayloadBytes: Int) {
+        precondition(phase == .declaring, "declare after start")
+        declared.insert(Declared(kind: kind, object: object))
+        objects.insert(object)
+        logBytes += LogBlock.recordBytes(payloadBytes: recordPayloadBytes)
+    }
+
+    /// Declares the creation of a new object; returns the object number it will have.
+    public func declareCreate() -> UInt64 {
+        let object = store.stateLock.withLock { () -> UInt64 in
+            let number = store.nextObject
+            store.nextObject += 1
+            return number
+        }
+        declare(.create, object, recordPayloadBytes: 32)
+        return object
+    }
+
+    public func declareDestroy(_ object: UInt64) { declare(.destroy, object, recordPayloadBytes: 8) }
+
+    public func declareSetAttributes(_ object: UInt64) { declare(.attributes, object, recordPayloadBytes: 72) }
+
+    /// Declares a write of `length` bytes at `offset`.
+    public func declareWrite(_ object: UInt64, offset: UInt64, length: Int) {
+        let plan = store.writePlan(offset: offset, length: length)
+        let copies = store.pool.allocator.policy.copies(for: .data)
+        var payload = 0
+        for part in [plan.head, plan.tail] where !part.isEmpty { payload += LogBlock.recordBytes(payloadBytes: 20 + part.count) }
+        let pieces = plan.bodyPieces(recordBytesMax: store.settings.recordBytesMax)
+        for piece in pieces { payload += LogBlock.recordBytes(payloadBytes: 40 + 16 * copies + 4 * Int(piece.count / 4096)) }
+        extentCount += pieces.count
+        declare(.write, object, recordPayloadBytes: 0)
+        logBytes += payload - LogBlock.recordBytes(payloadBytes: 0)
+    }
+
+    /// Declares a punch or a truncate.
+    public func declarePunch(_ object: UInt64) { declare(.punch, object, recordPayloadBytes: 24) }
+
+    public func declareSetXattr(_ object: UInt64, name: String, valueBytes: Int) {
+        declare(.xattr, object, recordPayloadBytes: 16 + name.utf8.count + max(0, valueBytes))
+    }
+
+    public func declareRemoveXattr(_ object: UInt64, name: String) {
+        declare(.xattr, object, recordPayloadBytes: 9 + name.utf8.count)
+    }
+
+    public func declareIndexInsert(_ object: UInt64, keyBytes: Int, valueBytes: Int) {
+        declare(.index, object, recordPayloadBytes: 12 + max(0, keyBytes) + max(0, valueBytes))
+    }
+
+    public func declareIndexDelete(_ object: UInt64, keyBytes: Int) {
+        declare(.index, object, recordPayloadBytes: 9 + max(0, keyBytes))
+    }
+
+    // MARK: Start and stop
+
+    /// Reserves what was declared and locks the declared objects. Throws, having changed
+    /// nothing, when the transaction cannot be satisfied.
+    public func start() throws(ObjectStoreError) {
+        precondition(phase == .declaring, "start of a transaction already started")
+        try store.checkUsable()
+        guard let log = store.log else { throw .readOnly("pool '\(store.pool.name)' is imported read-only") }
+        let capacity = log.settings.batchBytesMax - LogBlock.headerBytes
+        guard logBytes <= capacity else { throw .transactionTooLarge(logBytes: logBytes, logBytesMax: capacity) }
+        try store.waitForRoom()
+        if extentCount > 0 {
+            do {
+                reservation = try store.pool.allocator.reserve(.data, extentCount: extentCount, lengthBytes: UInt64(store.settings.recordBytesMax))
+            } catch {
+                throw .noSpace(error.description)
+            }
+        }
+        store.enterGate()
+        lockedStripes = Array(Set(objects.map(store.stripe(of:)))).sorted()
+        for stripe in lockedStripes { store.stripes[stripe].lock() }
+        id = store.stateLock.withLock { () -> UInt64 in
+            let id = store.nextTransactionID
+            store.nextTransactionID += 1
+            return id
+        }
+        phase = .started
+    }
+
+    /// Appends the records of the operations performed as one log group and releases the
+    /// transaction's locks; returns without waiting for the disk. `onCommit` fires (on the log
+    /// writer's thread, in commit order) once the records are durable, or at once when the
+    /// transaction changed nothing.
+    public func stop(onCommit: IntentLog.CommitCallback? = nil) throws(ObjectStoreError) {
+        precondition(phase == .started, "stop of a transaction not started")
+        phase = .stopped
+        var failure: ObjectStoreError? = nil
+        if records.isEmpty {
+            onCommit?(0)
+        } else if let log = store.log {
+            do {
+                try log.appendGroup(records, flushingFirst: flushMask, onDurable: onCommit)
+            } catch {
+                // Memory holds changes the log will never have: nothing more may be committed.
+                store.fail("transaction \(id): log append failed: \(error)")
+                failure = .log(error)
+            }
+        }
+        if let reservation { store.pool.allocator.release(reservation) }
+        reservation = nil
+        for stripe in lockedStripes.reversed() { store.stripes[stripe].unlock() }
+        lockedStripes = []
+        store.leaveGate(transactions: 1)
+        records = []
+        if let failure { throw failure }
+    }
+
+    private func check(_ kind: Kind, _ object: UInt64, _ what: String) {
+        precondition(phase == .started, "\(what) on object \(object) outside a started transaction")
+        precondition(declared.contains(Declared(kind: kind, object: object)), "\(what) on object \(object) was not declared in transaction \(id)")
+    }
+
+    private func perform(_ operation: ObjectOperation) throws(ObjectStoreError) {
+        try store.apply(operation, replaying: false)
+        records.append(LogAppend(type: operation.type.rawValue, transactionID: id, payload: operation.encoded()))
+    }
+
+    // MARK: Operations
+
+    public func create(_ object: UInt64, type: ObjectType, mode: UInt32 = 0o100644, uid: UInt32 = 0, gid: UInt32 = 0,
+                       timeNs: Int64 = 0) throws(ObjectStoreError) {
+        check(.create, object, "create")
+        precondition(type != .free, "create of a free object")
+        try perform(.create(object: object, type: type, mode: mode, uid: uid, gid: gid, timeNs: timeNs))
+    }
+
+    public func destroy(_ object: UInt64) throws(ObjectStoreError) {
+        check(.destroy, object, "destroy")
+        try perform(.destroy(object: object))
+    }
+
+    public func setAttributes(_ object: UInt64, _ change: AttributeChange) throws(ObjectStoreError) {
+        check(.attributes, object, "setAttributes")
+        try perform(.setAttributes(object: object, change))
+    }
+
+    /// Writes `bytes` at `offset`: the aligned middle of a large write to new extents (written
+    /// now), the rest through the log.
+    public func write(_ object: UInt64, at offset: UInt64, _ bytes: UnsafeRawBufferPointer) throws(ObjectStoreError) {
+        check(.write, object, "write")
+        guard !bytes.isEmpty else { return }
+        try store.checkRange(object, offset, UInt64(bytes.count))
+        _ = try store.existing(object, dataOperation: "write")
+        let plan = store.writePlan(offset: offset, length: bytes.count)
+        if !plan.head.isEmpty {
+            try perform(.writeInline(object: object, offset: plan.head.lowerBound,
+                                     bytes: Array(UnsafeRawBufferPointer(rebasing: bytes[0 ..< plan.head.count]))))
+        }
+        for piece in plan.bodyPieces(recordBytesMax: store.settings.recordBytesMax) {
+            guard let reservation else { preconditionFailure("write of \(bytes.count) bytes at \(offset) on object \(object) beyond what was declared") }
+            let start = Int(piece.lowerBound - offset)
+            let data = UnsafeRawBufferPointer(rebasing: bytes[start ..< start + Int(piece.count)])
+            let extent = try store.writeExtentData(object, logicalOffset: piece.lowerBound, data: data, reservation: reservation)
+            for copy in extent.copies { flushMask |= 1 << UInt64(copy.deviceIndex) }
+            do {
+                try perform(.writeExtent(object: object, extent))
+            } catch {
+                store.pool.allocator.free(ExtentCopies(extent.copies))
+                throw error
+            }
+        }
+        if !plan.tail.isEmpty {
+            let start = Int(plan.tail.lowerBound - offset)
+            try perform(.writeInline(object: object, offset: plan.tail.lowerBound,
+                                     bytes: Array(UnsafeRawBufferPointer(rebasing: bytes[start ..< start + plan.tail.count]))))
+        }
+    }
+
+    public func write(_ object: UInt64, at offset: UInt64, _ bytes: [UInt8]) throws(ObjectStoreError) {
+        try withBytes(of: bytes) { raw throws(ObjectStoreError) in try write(object, at: offset, raw) }
+    }
+
+    /// Deallocates `length` bytes at `offset` (reads return zeros); the size does not change.
+    public func punch(_ object: UInt64, offset: UInt64, length: UInt64) throws(ObjectStoreError) {
+        check(.punch, object, "punch")
+        try perform(.punch(object: object, offset: offset, length: length))
+    }
+
+    /// Sets the size; shrinking deallocates everything past it.
+    public func truncate(_ object: UInt64, sizeBytes: UInt64) throws(ObjectStoreError) {
+        check(.punch, object, "truncate")
+        try perform(.truncate(object: object, sizeBytes: sizeBytes))
+    }
+
+    public func setXattr(_ object: UInt64, name: String, value: [UInt8]) throws(ObjectStoreError) {
+        check(.xattr, object, "setXattr")
+        let nameBytes = Array(name.utf8)
+        guard (1...DnodeLimits.xattrNameBytesMax).contains(nameBytes.count) else {
+            throw .dnode(.xattrNameInvalid(object: object, nameBytes: nameBytes.count, max: DnodeLimits.xattrNameBytesMax))
+        }
+        guard value.count <= DnodeLimits.xattrValueBytesMax else {
+            throw .dnode(.xattrValueTooLarge(object: object, name: name, valueBytes: value.count, max: DnodeLimits.xattrValueBytesMax))
+        }
+        try perform(.setXattr(object: object, name: nameBytes, value: value))
+    }
+
+    public func removeXattr(_ object: UInt64, name: String) throws(ObjectStoreError) {
+        check(.xattr, object, "removeXattr")
+        let nameBytes = Array(name.utf8)
+        guard (1...DnodeLimits.xattrNameBytesMax).contains(nameBytes.count) else {
+            throw .dnode(.xattrNameInvalid(object: object, nameBytes: nameBytes.count, max: DnodeLimits.xattrNameBytesMax))
+        }
+        try perform(.removeXattr(object: object, name: nameBytes))
+    }
+
+    public func indexInsert(_ object: UInt64, key: [UInt8], value: [UInt8], mode: IndexInsertMode = .mustNotExist) throws(ObjectStoreError) {
+        check(.index, object, "indexInsert")
+        guard key.count <= IndexTree.keyBytesMax, !key.isEmpty else {
+            throw .index(object: object, .keyTooLong(tree: "object \(object)", keyBytes: key.count, keyBytesMax: IndexTree.keyBytesMax))
+        }
+        guard value.count <= IndexTree.valueBytesMax else {
+            throw .index(object: object, .valueTooLong(tree: "object \(object)", key: key, valueBytes: value.count, valueBytesMax: IndexTree.valueBytesMax))
+        }
+        try perform(.indexInsert(object: object, key: key, value: value, upsert: mode == .upsert))
+    }
+
+    public func indexDelete(_ object: UInt64, key: [UInt8]) throws(ObjectStoreError) {
+        check(.index, object, "indexDelete")
+        guard key.count <= IndexTree.keyBytesMax, !key.isEmpty else {
+            throw .index(object: object, .keyTooLong(tree: "object \(object)", keyBytes: key.count, keyBytesMax: IndexTree.keyBytesMax))
+        }
+        try perform(.indexDelete(object: object, key: key))
+    }
+}
+
+/// How a write is split: an unaligned head and tail (and everything, when small) through the
+/// log, the aligned middle to new extents.
+struct WritePlan {
+    var head: Range<UInt64>
+    var body: Range<UInt64>
+    var tail: Range<UInt64>
+
+    func bodyPieces(recordBytesMax: Int) -> [Range<UInt64>] {
+        stride(from: body.lowerBound, to: body.upperBound, by: recordBytesMax).map { start in
+            start ..< min(start + UInt64(recordBytesMax), body.upperBound)
+        }
+    }
+}
+
+extension Range where Bound == UInt64 {
+    var count: Int { Int(upperBound - lowerBound) }
+}
+
+extension ObjectStore {
+    func writePlan(offset: UInt64, length: Int) -> WritePlan {
+        let end = offset + UInt64(max(0, length))
+        let bodyStart = roundUp(offset)
+        let bodyEnd = end / 4096 * 4096
+        guard length >= settings.smallWriteCutoffBytes, bodyStart < bodyEnd,
+              Int(bodyEnd - bodyStart) >= settings.smallWriteCutoffBytes else {
+            return WritePlan(head: offset ..< end, body: end ..< end, tail: end ..< end)
+        }
+        return WritePlan(head: offset ..< bodyStart, body: bodyStart ..< bodyEnd, tail: bodyEnd ..< end)
+    }
+
+    /// Writes one piece of a large write to a new extent from the reservation (every copy; not
+    /// flushed: the log flushes these devices before the record's block).
+    func writeExtentData(_ object: UInt64, logicalOffset: UInt64, data: UnsafeRawBufferPointer,
+                         reservation: Reservation) throws(ObjectStoreError) -> MappedExtent {
+        let copies = pool.allocator.allocate(from: reservation, lengthBytes: UInt64(data.count))
+        let staging = stagingBuffers.take()
+        defer { stagingBuffers.give(staging) }
+        let aligned: UnsafeRawBufferPointer
+        if let base = data.baseAddress, Int(bitPattern: base) % 4096 == 0 {
+            aligned = data
+        } else {
+            UnsafeMutableRawBufferPointer(rebasing: staging[0 ..< data.count]).copyMemory(from: data)
+            aligned = UnsafeRawBufferPointer(rebasing: staging[0 ..< data.count])
+        }
+        let checksums = MappedExtent.chunkChecksums(of: aligned)
+        for copy in copies {
+            do {
+                try pool.devices[copy.deviceIndex].write(aligned, at: copy.offsetBytes, fua: false)
+            } catch {
+                pool.allocator.free(copies)
+                throw .io(error)
+            }
+        }
+        return MappedExtent(logicalOffsetBytes: logicalOffset, copies: Array(copies), birthCheckpoint: changeTag, chunkChecksums: checksums)
+    }
+}
