@@ -37,8 +37,12 @@ enum StoreTestSupport {
     }
 
     /// The devices as a crash right now would leave them (every completed write kept).
-    static func crashImage(_ devices: [MemoryDevice]) -> [any BlockStorage] {
-        devices.map { OverlayDevice(base: $0.snapshot()) }
+    static func crashImage(_ devices: [any BlockStorage]) -> [any BlockStorage] {
+        devices.map { device -> any BlockStorage in
+            if let memory = device as? MemoryDevice { return OverlayDevice(base: memory.snapshot()) }
+            let overlay = device as! OverlayDevice
+            return OverlayDevice(base: overlay.base, blocks: overlay.overlayBlocks)
+        }
     }
 
     static func reopen(_ devices: [any BlockStorage], readOnly: Bool = false, settings: ObjectStoreSettings = settings()) throws -> ObjectStore {
@@ -276,5 +280,14 @@ enum StoreTestSupport {
         try store.close()
         let check = try Support.check(devices)
         #expect(check.isClean, "\(check.problems)")
+    }
+}
+
+extension ObjectStore {
+    /// A crash, for tests: stops the log's writer (nothing pending after a sync, so it writes
+    /// nothing) and drops the store without a checkpoint.
+    func abandon() throws {
+        stateLock.withLock { isClosed = true; stateLock.broadcast() }
+        try log?.close()
     }
 }
