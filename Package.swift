@@ -75,7 +75,7 @@ let package = Package(
         .executableTarget(
             name: "strata",
             dependencies: [
-                "StrataIO", "StrataPool",
+                "StrataIO", "StrataPool", "StrataDMU",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
             path: "Sources/strata"

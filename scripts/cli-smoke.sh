@@ -34,6 +34,8 @@ expect_ok "set spill-threshold" "$strata" pool set spill-threshold=70 --dir "$di
 if "$strata" pool status --dir "$dir" --json | grep -q '"spill-threshold" : "70"'; then pass "setting persisted"; else fail "setting persisted"; fi
 if "$strata" pool status --dir "$dir" --json | grep -q '"wasExported" : true'; then pass "set keeps an exported pool exported"; else fail "set keeps exported"; fi
 expect_ok "import read-write" "$strata" pool import --dir "$dir"
+expect_ok "check a pool without objects" "$strata" pool check --dir "$dir"
+if out="$("$strata" pool check --json --dir "$dir" 2>&1)" && echo "$out" | grep -q '"problems" : \[' ; then pass "check --json"; else fail "check --json: $out"; fi
 
 before="$(cksum "$dir"/d0 "$dir"/d1 "$dir"/m0 "$dir"/l0)"
 expect_error "unknown setting" "unknown setting 'colour'" "$strata" pool set colour=blue --dir "$dir"

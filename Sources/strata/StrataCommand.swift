@@ -6,6 +6,7 @@
 //   strata pool import  (--dir DIR | PATH…) [--name NAME] [--read-only] [--json]
 //   strata pool export  (--dir DIR | PATH…) [--name NAME] [--json]
 //   strata pool set KEY=VALUE… (--dir DIR | PATH…) [--name NAME] [--json]
+//   strata pool check (--dir DIR | PATH…) [--name NAME] [--data] [--json]
 //
 // There is no daemon and no cache file: every command finds the pool from its device paths (or
 // a directory to scan), does its work and closes the devices. `import` checks the device set
@@ -15,6 +16,7 @@
 import ArgumentParser
 import Foundation
 import StrataIO
+import StrataDMU
 import StrataPool
 
 @main
@@ -30,7 +32,7 @@ struct PoolCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "pool",
         abstract: "Create, inspect, import, export and configure pools.",
-        subcommands: [PoolCreate.self, PoolStatusCommand.self, PoolImport.self, PoolExport.self, PoolSet.self]
+        subcommands: [PoolCreate.self, PoolStatusCommand.self, PoolImport.self, PoolExport.self, PoolSet.self, PoolCheck.self]
     )
 }
 
@@ -69,6 +71,9 @@ func reportingErrors<T>(_ body: () throws -> T) throws -> T {
         FileHandle.standardError.write(Data("strata: \(error)\n".utf8))
         throw ExitCode(1)
     } catch let error as IOError {
+        FileHandle.standardError.write(Data("strata: \(error)\n".utf8))
+        throw ExitCode(1)
+    } catch let error as ObjectStoreError {
         FileHandle.standardError.write(Data("strata: \(error)\n".utf8))
         throw ExitCode(1)
     }
