@@ -95,8 +95,9 @@ public struct ObjectStoreSettings: Sendable, Equatable {
     /// Object lock stripes (a power of two).
     public var objectLockStripes: Int = 256
     /// In-memory object states (extent maps, index trees) kept when clean; more are dropped after
-    /// a checkpoint and reloaded on demand.
-    public var objectStatesMax: Int = 65_536
+    /// a checkpoint and reloaded on demand. An open index tree holds ~17 KiB of scratch plus its
+    /// pinned root, so 16 Ki states bound that part to ~280 MiB in the worst case (all indexes).
+    public var objectStatesMax: Int = 16_384
     /// Run checkpoints on a background thread (triggers above). False: only `checkpoint()` runs
     /// them (tests, crash harness).
     public var backgroundCheckpoints: Bool = true
