@@ -26,19 +26,7 @@ public final class PoolMetadataStore: MetadataStore {
     }
 
     public func writeNew(_ bytes: UnsafeRawBufferPointer) throws(MetadataStoreError) -> BlockPointer {
-        precondition(bytes.count > 0 && bytes.count % 4096 == 0, "metadata block of \(bytes.count) bytes")
-        let copies = pool.allocator.policy.copies(for: .metadata)
-        guard copies == 1 else {
-            throw .noSpace("pool '\(pool.name)': copies.metadata=\(copies) needs multi-address block pointers, not supported yet; set copies.metadata=1")
-        }
-        let birth = pool.allocator.openCheckpoint
-        let extents: ExtentCopies
-        do {
-            extents = try pool.allocator.allocate(.metadata, lengthBytes: UInt64(bytes.count))
-        } catch {
-            throw .noSpace(error.description)
-        }
-        let extent = extents[0]
+        let (extent, extents, birth) = try allocateMetadataPlace(pool: pool, byteCount: bytes.count)
         do {
             try withAligned(bytes) { aligned throws(IOError) in
                 try pool.devices[extent.deviceIndex].write(aligned, at: extent.offsetBytes, fua: false)
@@ -89,5 +77,22 @@ public final class PoolMetadataStore: MetadataStore {
         defer { staging.deallocate() }
         staging.copyMemory(from: bytes)
         try body(UnsafeRawBufferPointer(staging))
+    }
+}
+
+/// Allocates the place of a new metadata block (class metadata, one copy) and returns it with the
+/// birth checkpoint for its pointer. Shared by the pool-backed stores.
+func allocateMetadataPlace(pool: Pool, byteCount: Int) throws(MetadataStoreError) -> (Extent, ExtentCopies, UInt64) {
+    precondition(byteCount > 0 && byteCount % 4096 == 0, "metadata block of \(byteCount) bytes")
+    let copies = pool.allocator.policy.copies(for: .metadata)
+    guard copies == 1 else {
+        throw .noSpace("pool '\(pool.name)': copies.metadata=\(copies) needs multi-address block pointers, not supported yet; set copies.metadata=1")
+    }
+    let birth = pool.allocator.openCheckpoint
+    do {
+        let extents = try pool.allocator.allocate(.metadata, lengthBytes: UInt64(byteCount))
+        return (extents[0], extents, birth)
+    } catch {
+        throw .noSpace(error.description)
     }
 }

@@ -27,6 +27,8 @@ public final class StagedMetadataStore: MetadataStore, @unchecked Sendable {
     }
 
     public let pool: Pool
+    /// Reads of blocks not staged, and frees.
+    let direct: PoolMetadataStore
     /// Guarded by `lock`.
     private var blocks: [Address: UnsafeMutableRawBufferPointer] = [:]
     private let lock = StoreMonitor()
@@ -39,6 +41,7 @@ public final class StagedMetadataStore: MetadataStore, @unchecked Sendable {
 
     public init(pool: Pool) {
         self.pool = pool
+        self.direct = PoolMetadataStore(pool: pool)
     }
 
     deinit {
@@ -52,20 +55,8 @@ public final class StagedMetadataStore: MetadataStore, @unchecked Sendable {
     public var stagedBytes: Int { withStaged { $0.values.reduce(0) { $0 + $1.count } } }
 
     public func writeNew(_ bytes: UnsafeRawBufferPointer) throws(MetadataStoreError) -> BlockPointer {
-        precondition(bytes.count > 0 && bytes.count % 4096 == 0, "metadata block of \(bytes.count) bytes")
         precondition(!pool.isReadOnly, "metadata write on a read-only pool")
-        let copies = pool.allocator.policy.copies(for: .metadata)
-        guard copies == 1 else {
-            throw .noSpace("pool '\(pool.name)': copies.metadata=\(copies) needs multi-address block pointers, not supported yet; set copies.metadata=1")
-        }
-        let birth = pool.allocator.openCheckpoint
-        let extents: ExtentCopies
-        do {
-            extents = try pool.allocator.allocate(.metadata, lengthBytes: UInt64(bytes.count))
-        } catch {
-            throw .noSpace(error.description)
-        }
-        let extent = extents[0]
+        let (extent, _, birth) = try allocateMetadataPlace(pool: pool, byteCount: bytes.count)
         let buffer = allocateAlignedBuffer(byteCount: bytes.count)
         buffer.copyMemory(from: bytes)
         let previous = withStaged { $0.updateValue(buffer, forKey: Address(deviceIndex: extent.deviceIndex, offsetBytes: extent.offsetBytes)) }
@@ -83,35 +74,18 @@ public final class StagedMetadataStore: MetadataStore, @unchecked Sendable {
             buffer.copyMemory(from: UnsafeRawBufferPointer(block))
             return true
         }
-        if !hit {
-            guard pointer.deviceIndex < pool.devices.count else {
-                throw .io(.outOfRange(path: "pool '\(pool.name)' device \(pointer.deviceIndex)", offset: pointer.offsetBytes,
-                                      length: pointer.lengthBytes, sizeBytes: 0))
-            }
-            do {
-                if let base = buffer.baseAddress, Int(bitPattern: base) % 4096 == 0 {
-                    try pool.devices[pointer.deviceIndex].read(into: buffer, at: pointer.offsetBytes)
-                } else {
-                    let aligned = allocateAlignedBuffer(byteCount: buffer.count)
-                    defer { aligned.deallocate() }
-                    try pool.devices[pointer.deviceIndex].read(into: aligned, at: pointer.offsetBytes)
-                    buffer.copyMemory(from: UnsafeRawBufferPointer(aligned))
-                }
-            } catch {
-                throw .io(error)
-            }
+        guard hit else {
+            try direct.read(pointer, into: buffer)          // from the device, verified
+            return
         }
         let found = CRC32C.checksum(UnsafeRawBufferPointer(buffer))
-        guard found == pointer.checksum else {
-            throw .checksumMismatch(pointer: pointer, path: pool.devices[pointer.deviceIndex].path, found: found)
-        }
+        precondition(found == pointer.checksum, "staged block at \(pointer.offsetBytes) does not match its pointer's checksum")
     }
 
     public func free(_ pointer: BlockPointer) {
-        precondition(!pointer.isNull, "free of a null block pointer")
         // A staged block is still written: the checkpoint being committed may reference it (a
         // block cut in checkpoint N and freed by a transaction of N+1). The free is deferred.
-        pool.allocator.free(Extent(deviceIndex: pointer.deviceIndex, offsetBytes: pointer.offsetBytes, lengthBytes: pointer.lengthBytes))
+        direct.free(pointer)
     }
 
     /// Writes every staged block (adjacent blocks of a device in one write, up to 1 MiB), then
