@@ -72,6 +72,12 @@ let package = Package(
             dependencies: ["StrataIO", "StrataPool", "StrataTesting"],
             path: "Sources/StrataPoolCrash"
         ),
+        // The object store as a client of the crash harness (issue 6, part 10).
+        .target(
+            name: "StrataDMUCrash",
+            dependencies: ["StrataIO", "StrataPool", "StrataLog", "StrataDMU", "StrataTesting"],
+            path: "Sources/StrataDMUCrash"
+        ),
         .executableTarget(
             name: "strata",
             dependencies: [
@@ -83,7 +89,7 @@ let package = Package(
         .executableTarget(
             name: "strata-crash",
             dependencies: [
-                "StrataIO", "StrataPool", "StrataTesting", "StrataPoolCrash",
+                "StrataIO", "StrataPool", "StrataTesting", "StrataPoolCrash", "StrataDMUCrash",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
             path: "Sources/strata-crash"
@@ -121,7 +127,7 @@ let package = Package(
         ),
         .testTarget(
             name: "StrataDMUTests",
-            dependencies: ["StrataDMU", "StrataLog", "StrataPool", "StrataIO", "StrataTesting", "AllocCounter"],
+            dependencies: ["StrataDMU", "StrataLog", "StrataPool", "StrataIO", "StrataTesting", "StrataDMUCrash", "AllocCounter"],
             path: "Tests/StrataDMUTests"
         ),
     ],

@@ -4,7 +4,8 @@
 //                [--memory-budget 256M] [--long] [--replay SEED:STEP:IMAGE] [--list]
 //
 // Runs a workload of a system under test — the fixture store (kv-*, optionally with planted
-// bugs) or the pool (pool-*, optionally over devices with a planted flush fault) — for
+// bugs), the pool (pool-*, optionally over devices with a planted flush fault) or the object
+// store (object-*, optionally with the log acknowledging before its flush) — for
 // consecutive seeds from --seed until --images crash images are checked, prints each violation
 // with the one command that replays it, and ends with a summary line:
 //
@@ -15,6 +16,7 @@
 
 import ArgumentParser
 import Foundation
+import StrataDMUCrash
 import StrataIO
 import StrataPoolCrash
 import StrataTesting
@@ -39,6 +41,9 @@ struct CrashDriver {
 let workloadSummaries: [(name: String, summary: String, caseCount: UInt64?)] =
     FixtureStoreSystem.workloads.map { ($0.name, $0.summary, $0.caseCount) }
     + PoolCrashSystem.workloads.map { ($0.name, "\($0.workload.summary) [\($0.system.name)]", $0.workload.caseCount) }
+    + StoreCrashSystem.workloads.map { ($0.name, "\($0.summary) [object-store]", $0.caseCount) }
+
+func isStoreWorkload(_ name: String) -> Bool { StoreCrashSystem.workload(named: name) != nil }
 
 func isPoolWorkload(_ name: String) -> Bool { PoolCrashSystem.workloads.contains { $0.name == name } }
 
@@ -91,7 +96,7 @@ struct StrataCrash: ParsableCommand {
         if let replay {
             do { _ = try ReplayAddress(parsing: replay) } catch { throw ValidationError(error.description) }
         }
-        if !isPoolWorkload(workload) {
+        if !isPoolWorkload(workload) && !isStoreWorkload(workload) {
             do { _ = try FixtureStoreSystem.workload(named: workload) } catch {
                 throw ValidationError(CrashTestError.unknownWorkload(name: workload, known: workloadSummaries.map(\.name)).description)
             }
@@ -101,6 +106,12 @@ struct StrataCrash: ParsableCommand {
 
     /// The driver for --workload with the planted --bug(s).
     func driver(options: CrashRunOptions) throws -> CrashDriver {
+        if let storeWorkload = StoreCrashSystem.workload(named: workload) {
+            guard bug.allSatisfy({ $0 == "ack-before-flush" }), bug.count <= 1 else {
+                throw ValidationError("the object store knows one bug: ack-before-flush")
+            }
+            return CrashDriver(system: StoreCrashSystem(acknowledgesBeforeFlush: !bug.isEmpty), workload: storeWorkload, options: options)
+        }
         if isPoolWorkload(workload) {
             let entry = try PoolCrashSystem.workload(named: workload)
             guard bug.count <= 1 else { throw ValidationError("the pool takes one --bug at most, not \(bug.count)") }
@@ -151,6 +162,7 @@ struct StrataCrash: ParsableCommand {
             }
             print("bugs (kv-*): \(FixtureStore.Bugs.named.map(\.name).joined(separator: ", "))")
             print("bugs (pool-*): \(FlushFaultDevice.Fault.allCases.map { "\($0.rawValue) (\($0.summary))" }.joined(separator: ", "))")
+            print("bugs (object-*): ack-before-flush (the intent log acknowledges between its write and its flush)")
             return
         }
         var prefix = "strata-crash"
