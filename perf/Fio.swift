@@ -153,3 +153,13 @@ struct Fio {
         }
     }
 }
+
+/// One fio run on `path` for `seconds` with `arguments` (direct I/O, JSON out): the anchor the
+/// layer benchmarks print next to their own figures.
+func runFioAnchor(path: String, scratch: String, seconds: Double, arguments: [String]) throws -> Measurement {
+    let args = ["--name=anchor", "--filename=\(path)", "--direct=1", "--time_based", "--runtime=\(max(1, Int(seconds * 1000)))ms",
+                "--output-format=json", "--lat_percentiles=1", "--scramble_buffers=0"] + arguments
+    let result = try runCommand("fio", args, scratch: scratch)
+    guard result.succeeded else { throw PerfError.fio("fio failed: \(result.stderr)") }
+    return try Fio.parse(result.stdout, reading: false, latency: .lat)
+}

@@ -82,9 +82,9 @@ struct LogBenchmark: ParsableCommand {
         var anchors: [(String, Measurement?)] = []
         let fioSize = min(sizeBytes, 1 << 30)
         if (try? Fio.ensureInstalled(scratch: scratch)) != nil {
-            anchors.append(("fio 4k randwrite QD32", try? runFio(path: path, scratch: scratch, seconds: runSeconds, arguments: [
+            anchors.append(("fio 4k randwrite QD32", try? runFioAnchor(path: path, scratch: scratch, seconds: runSeconds, arguments: [
                 "--ioengine=io_uring", "--rw=randwrite", "--bs=4k", "--iodepth=32", "--size=\(fioSize)", "--norandommap", "--randrepeat=0"])))
-            anchors.append(("fio 4k seq write fdatasync=1 x16", try? runFio(path: path, scratch: scratch, seconds: runSeconds, arguments: [
+            anchors.append(("fio 4k seq write fdatasync=1 x16", try? runFioAnchor(path: path, scratch: scratch, seconds: runSeconds, arguments: [
                 "--ioengine=psync", "--rw=write", "--bs=4k", "--fdatasync=1", "--numjobs=16", "--size=\(fioSize / 16)",
                 "--offset_increment=\(fioSize / 16)", "--group_reporting"])))
         }
@@ -223,14 +223,6 @@ struct LogBenchmark: ParsableCommand {
         if let failure = failure.withLock({ $0 }) { throw ValidationError("filling the log failed: \(failure)") }
         try log.sync()
         return (log.appendedLSN - first) * perRecord
-    }
-
-    func runFio(path: String, scratch: String, seconds: Double, arguments: [String]) throws -> Measurement {
-        let args = ["--name=anchor", "--filename=\(path)", "--direct=1", "--time_based", "--runtime=\(max(1, Int(seconds * 1000)))ms",
-                    "--output-format=json", "--lat_percentiles=1", "--scramble_buffers=0"] + arguments
-        let result = try runCommand("fio", args, scratch: scratch)
-        guard result.succeeded else { throw PerfError.fio("fio failed: \(result.stderr)") }
-        return try Fio.parse(result.stdout, reading: false, latency: .lat)
     }
 }
 

@@ -18,7 +18,7 @@ struct StrataPerf: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "strata-perf",
         abstract: "Benchmarks for the Strata storage engine, anchored to fio on the same target.",
-        subcommands: [IOBenchmark.self, AllocatorBenchmark.self, PoolImportBenchmark.self, RecordingOverheadBenchmark.self, IndexBenchmark.self, DnodeCacheBenchmark.self, LogBenchmark.self]
+        subcommands: [IOBenchmark.self, AllocatorBenchmark.self, PoolImportBenchmark.self, RecordingOverheadBenchmark.self, IndexBenchmark.self, DnodeCacheBenchmark.self, LogBenchmark.self, DMUBenchmark.self]
     )
 }
 

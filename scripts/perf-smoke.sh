@@ -21,5 +21,6 @@ check "recording-overhead --smoke" "ratio recorded/plain" recording-overhead --s
 check "index --smoke" "inserts/s|lookups/s|keys/s|flush" index --smoke
 check "dnode-cache --smoke" "lookups/s|bytes per cached dnode" dnode-cache --smoke
 check "log --smoke" "records/s|commit p50|replay:" log --smoke
+check "dmu --smoke" "new1m|overwrite4k|checkpoint after|replay:" dmu --smoke --dir /tmp
 if [ "$failures" -ne 0 ]; then echo "perf-smoke: $failures failure(s)"; exit 1; fi
 echo "perf-smoke: all benchmarks ran"

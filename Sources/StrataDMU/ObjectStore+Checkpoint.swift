@@ -63,6 +63,41 @@ final class StagingBuffers: @unchecked Sendable {
 }
 
 extension ObjectStore {
+    // MARK: The checkpoint reserve
+
+    /// Takes the checkpoint reserve if it is not held; false when the pool has no room for it.
+    @discardableResult
+    func takeReserves() -> Bool {
+        stateLock.lock()
+        defer { stateLock.unlock() }
+        guard reserves.isEmpty else { return true }
+        let unit: UInt64 = 1 << 20
+        do {
+            let metadata = try pool.allocator.reserve(.metadata, extentCount: Int(limits.metadataReserveBytes / unit), lengthBytes: unit)
+            do {
+                let data = try pool.allocator.reserve(.data, extentCount: Int(limits.dataReserveBytes / unit), lengthBytes: unit)
+                reserves = [metadata, data]
+            } catch {
+                pool.allocator.release(metadata)
+                return false
+            }
+        } catch {
+            return false
+        }
+        return true
+    }
+
+    /// Hands the reserve back to the allocator (the checkpoint's switch, close).
+    func releaseReserves() {
+        stateLock.lock()
+        let held = reserves
+        reserves = []
+        stateLock.unlock()
+        for reservation in held { pool.allocator.release(reservation) }
+    }
+
+    var holdsReserves: Bool { stateLock.withLock { !reserves.isEmpty } }
+
     // MARK: Gate and throttle
 
     /// Takes a hold on the open checkpoint, waiting while a switch is in progress.
@@ -78,7 +113,9 @@ extension ObjectStore {
         inFlight -= 1
         stats.transactions += transactions
         let wake = inFlight == 0 && quiescing
-        let wantCheckpoint = dirtyPageBytes * 100 >= settings.dirtyBytesMax * settings.checkpointDirtyPercent && !checkpointRequested
+        let wantCheckpoint = !checkpointRequested
+            && (dirtyPageBytes * 100 >= limits.dirtyPageBytesMax * settings.checkpointDirtyPercent
+                || dirtyObjects.count * 100 >= limits.dirtyObjectsMax * settings.checkpointDirtyPercent)
         if wantCheckpoint { checkpointRequested = true }
         stateLock.unlock()
         if wake || wantCheckpoint { stateLock.withLock { stateLock.broadcast() } }
@@ -89,9 +126,10 @@ extension ObjectStore {
     func waitForRoom() throws(ObjectStoreError) {
         var deadline: UInt64 = 0
         while true {
-            let dirty = stateLock.withLock { dirtyPageBytes }
+            let (dirty, objects) = stateLock.withLock { (dirtyPageBytes, dirtyObjects.count) }
             var reason: String? = nil
-            if dirty >= settings.dirtyBytesMax { reason = "\(dirty) bytes of dirty pages, bound \(settings.dirtyBytesMax)" }
+            if dirty >= limits.dirtyPageBytesMax { reason = "\(dirty) bytes of dirty pages, bound \(limits.dirtyPageBytesMax)" }
+            if objects >= limits.dirtyObjectsMax { reason = "\(objects) dirty objects, bound \(limits.dirtyObjectsMax)" }
             if reason == nil, let log {
                 let usage = log.usage
                 if usage.segmentCount * 100 >= usage.segmentCountMax * settings.logThrottlePercent && usage.appendedLSN > usage.coveredThroughLSN {
@@ -118,6 +156,29 @@ extension ObjectStore {
             }
             stateLock.unlock()
             if timedOut { throw .throttleTimedOut(waitedNs: settings.throttleWaitNsMax, reason: reason) }
+        }
+    }
+
+    /// Runs (or, with the background thread, asks for and awaits) two checkpoints: the frees
+    /// recorded before the first become allocatable when the second is durable. Bounded by
+    /// `throttleWaitNsMax`. Called holding nothing.
+    func checkpointsForSpace() throws(ObjectStoreError) {
+        if !settings.backgroundCheckpoints {
+            try checkpoint(force: true)
+            try checkpoint(force: true)
+            return
+        }
+        let deadline = StoreMonitor.nowNs() + settings.throttleWaitNsMax
+        stateLock.lock()
+        defer { stateLock.unlock() }
+        let target = stats.checkpoints + 2
+        forcedCheckpoints += 2
+        while stats.checkpoints < target && failure == nil && !isClosed {
+            checkpointRequested = true
+            stateLock.broadcast()
+            if !stateLock.wait(untilNs: deadline) && stats.checkpoints < target {
+                throw .throttleTimedOut(waitedNs: settings.throttleWaitNsMax, reason: "waiting for checkpoints to release freed space")
+            }
         }
     }
 
@@ -152,9 +213,11 @@ extension ObjectStore {
                 continue
             }
             checkpointRequested = false
+            let force = forcedCheckpoints > 0
+            if force { forcedCheckpoints -= 1 }
             stateLock.unlock()
             do {
-                try checkpoint()
+                try checkpoint(force: force)
             } catch {
                 fail("checkpoint failed: \(error)")
             }
@@ -196,6 +259,8 @@ extension ObjectStore {
         precondition(checkpoint == pool.uberblock.checkpoint + 1,
                      "open checkpoint \(checkpoint) does not follow the pool's \(pool.uberblock.checkpoint)")
 
+        // The reserve exists for this moment: the switch's allocations may use it.
+        releaseReserves()
         var pageRuns: [PageRun] = []
         let prepared: PreparedCheckpoint
         let logRoot: BlockPointer
@@ -263,6 +328,7 @@ extension ObjectStore {
             stripe.unlock()
         }
         trimObjectStates()
+        takeReserves()          // false: transactions that allocate wait for space (Transaction.start)
         let totalNs = StoreMonitor.nowNs() - startNs
         stateLock.withLock {
             dirtyPageBytes -= releasedPages * Page.bytes

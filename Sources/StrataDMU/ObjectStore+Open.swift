@@ -22,6 +22,11 @@ extension ObjectStore {
     /// newest checkpoint with the log replayed. On a read-write pool a checkpoint is committed
     /// before returning (it anchors a new log, and makes the replayed state permanent).
     public static func open(pool: Pool, settings: ObjectStoreSettings = ObjectStoreSettings()) throws(ObjectStoreError) -> ObjectStore {
+        var settings = settings
+        // The log takes at most a quarter of the pool (whole segments, at least 4).
+        let capacity = pool.allocator.devices.reduce(UInt64(0)) { $0 + $1.sizeBytes }
+        let logCap = capacity / 4 / settings.log.segmentBytes * settings.log.segmentBytes
+        if logCap < settings.log.logBytesMax && logCap >= 4 * settings.log.segmentBytes { settings.log.logBytesMax = logCap }
         let problems = settings.validationProblems()
         guard problems.isEmpty else { throw .invalidSettings(problems) }
         let uberblock = pool.uberblock
@@ -83,8 +88,11 @@ extension ObjectStore {
         store.stats.replayNs = StoreMonitor.nowNs() - startNs
         guard let log = store.log else { return store }
         log.setCheckpointRequestHandler { [weak store] _ in store?.requestCheckpoint() }
-        do {
+        do throws(ObjectStoreError) {
             try store.checkpoint(force: true)
+            guard store.takeReserves() else {
+                throw .noSpace("pool '\(pool.name)' cannot hold the checkpoint reserve (\(store.limits.dataReserveBytes >> 20) MiB data, \(store.limits.metadataReserveBytes >> 20) MiB metadata)")
+            }
         } catch {
             try? log.close()
             throw error
@@ -111,6 +119,7 @@ extension ObjectStore {
         if let log {
             do { try log.close() } catch { if firstError == nil { firstError = .log(error) } }
         }
+        releaseReserves()
         if let firstError { throw firstError }
     }
 

@@ -98,6 +98,13 @@ public struct ObjectStoreSettings: Sendable, Equatable {
     /// a checkpoint and reloaded on demand. An open index tree holds ~17 KiB of scratch plus its
     /// pinned root, so 16 Ki states bound that part to ~280 MiB in the worst case (all indexes).
     public var objectStatesMax: Int = 16_384
+    /// Space held back for a checkpoint's own writes (dirty pages going home, copy-on-write
+    /// metadata), so foreground allocations can never leave a checkpoint without room — the ZFS
+    /// "slop space" idea. 0: automatic, 1/32 of the pool's capacity between 16 MiB and 1 GiB.
+    /// A quarter (at least 4 MiB) is held in the metadata class, the rest in the data class; the
+    /// dirty-page bound is at most the data part, and dirty objects (≈ 32 KiB of metadata each
+    /// at a checkpoint) at most the metadata part.
+    public var checkpointReserveBytes: UInt64 = 0
     /// Run checkpoints on a background thread (triggers above). False: only `checkpoint()` runs
     /// them (tests, crash harness).
     public var backgroundCheckpoints: Bool = true
@@ -174,6 +181,29 @@ public enum ObjectStoreError: Error, Equatable, Sendable, CustomStringConvertibl
         case .corruptLog(let lsn, let reason): return "intent log record \(lsn) cannot be replayed: \(reason)"
         case .corrupt(let message): return "corrupt object store metadata: \(message)"
         }
+    }
+}
+
+/// The bounds a store enforces, derived from its settings and its pool's size.
+public struct StoreLimits: Sendable, Equatable {
+    public var dataReserveBytes: UInt64
+    public var metadataReserveBytes: UInt64
+    /// Dirty pages at which transactions wait (≤ `dirtyBytesMax`, ≤ the data reserve).
+    public var dirtyPageBytesMax: Int
+    /// Dirty objects at which transactions wait (their checkpoint metadata fits the reserve).
+    public var dirtyObjectsMax: Int
+    /// Estimated metadata a dirty object costs a checkpoint: an extent-map or index block and
+    /// its share of a dnode-table block, rounded up.
+    public static let metadataBytesPerDirtyObject: UInt64 = 32 << 10
+
+    init(settings: ObjectStoreSettings, capacityBytes: UInt64) {
+        let total = settings.checkpointReserveBytes > 0
+            ? settings.checkpointReserveBytes : min(max(capacityBytes / 32, 16 << 20), 1 << 30)
+        let reserveUnit: UInt64 = 1 << 20
+        metadataReserveBytes = max(total / 4, 4 << 20) / reserveUnit * reserveUnit
+        dataReserveBytes = max(total - min(total, metadataReserveBytes), 4 << 20) / reserveUnit * reserveUnit
+        dirtyPageBytesMax = min(settings.dirtyBytesMax, Int(dataReserveBytes))
+        dirtyObjectsMax = max(16, Int(metadataReserveBytes / StoreLimits.metadataBytesPerDirtyObject))
     }
 }
 
@@ -304,11 +334,17 @@ public final class ObjectStore: @unchecked Sendable {
     var inFlight = 0
     var quiescing = false
     var checkpointRequested = false
+    /// Checkpoints asked for that must run even with nothing dirty (to release deferred frees).
+    var forcedCheckpoints = 0
     var lastCheckpointNs: UInt64
     var failure: String?
     var isClosed = false
     var stats = ObjectStoreStatistics()
     var checkpointThread: pthread_t?
+    /// The held checkpoint reserve (released during a checkpoint's switch, taken again after);
+    /// empty when it could not be taken — then transactions that allocate are refused.
+    var reserves: [Reservation] = []
+    let limits: StoreLimits
 
     static let metaKey: [UInt8] = Array("meta".utf8)
     static let metaFormatVersion: UInt32 = 1
@@ -327,6 +363,7 @@ public final class ObjectStore: @unchecked Sendable {
         self.nextObject = nextObject
         self.openCheckpoint = pool.uberblock.checkpoint + 1
         self.lastCheckpointNs = StoreMonitor.nowNs()
+        self.limits = StoreLimits(settings: settings, capacityBytes: pool.allocator.devices.reduce(0) { $0 + $1.sizeBytes })
     }
 
     // MARK: Public queries

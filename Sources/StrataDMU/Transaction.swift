@@ -116,12 +116,29 @@ public final class Transaction {
         let capacity = log.settings.batchBytesMax - LogBlock.headerBytes
         guard logBytes <= capacity else { throw .transactionTooLarge(logBytes: logBytes, logBytesMax: capacity) }
         try store.waitForRoom()
-        if extentCount > 0 {
-            do {
-                reservation = try store.pool.allocator.reserve(.data, extentCount: extentCount, lengthBytes: UInt64(store.settings.recordBytesMax))
-            } catch {
-                throw .noSpace(error.description)
+        // The checkpoint reserve must be held before anything allocates: without it a
+        // checkpoint could find no room. Data extents are reserved (held) now. Space freed by
+        // recent transactions comes back only once the checkpoint after the one that recorded
+        // the frees is durable: on ENOSPC with frees pending, two checkpoints are run (or
+        // awaited) and both are tried again, once.
+        var retried = false
+        while true {
+            var failure: String? = nil
+            if !store.takeReserves() {
+                failure = "pool '\(store.pool.name)' cannot hold the checkpoint reserve (\(store.limits.dataReserveBytes >> 20) MiB data, \(store.limits.metadataReserveBytes >> 20) MiB metadata)"
+            } else if extentCount > 0 {
+                do {
+                    reservation = try store.pool.allocator.reserve(.data, extentCount: extentCount, lengthBytes: UInt64(store.settings.recordBytesMax))
+                } catch {
+                    failure = error.description
+                }
             }
+            guard let failure else { break }
+            guard !retried, store.pool.allocator.statistics().devices.contains(where: { $0.deferredBytes > 0 }) else {
+                throw .noSpace(failure)
+            }
+            retried = true
+            try store.checkpointsForSpace()
         }
         store.enterGate()
         lockedStripes = Array(Set(objects.map(store.stripe(of:)))).sorted()

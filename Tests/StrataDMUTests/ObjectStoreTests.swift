@@ -291,3 +291,63 @@ extension ObjectStore {
         try log?.close()
     }
 }
+
+@Suite struct ObjectStoreSpaceTests {
+    /// Space freed by destroys comes back (after two checkpoints) when allocation needs it, with
+    /// background checkpoints and without.
+    @Test(arguments: [false, true])
+    func freedSpaceIsReusedWhenTheDeviceFills(background: Bool) throws {
+        var settings = StoreTestSupport.settings()
+        settings.backgroundCheckpoints = background
+        settings.checkpointIntervalNs = 60_000_000_000
+        // One device holding every role, as a single-disk server has it.
+        let pool = try Pool.create(name: "one", devices: [(MemoryDevice(path: "solo", sizeBytes: 96 << 20), .data)])
+        let store = try ObjectStore.open(pool: pool, settings: settings)
+        let data = StoreTestSupport.pattern(1 << 20, seed: 7)
+        var live: [UInt64] = []
+        for _ in 0..<300 {                                   // 300 MiB through a 64 MiB device
+            live.append(try StoreTestSupport.createFile(store, data))
+            if live.count > 8 {
+                let transaction = store.transaction()
+                let old = live.removeFirst()
+                transaction.declareDestroy(old)
+                try transaction.start()
+                try transaction.destroy(old)
+                try transaction.stop()
+            }
+        }
+        for object in live { #expect(try store.read(object, at: 0, length: 16) == Array(data[0..<16])) }
+        try store.close()
+    }
+}
+
+extension ObjectStoreSpaceTests {
+    @Test func manyThreadsReuseFreedSpace() throws {
+        var settings = ObjectStoreSettings()
+        settings.checkpointIntervalNs = 1_000_000_000
+        let pool = try Pool.create(name: "one", devices: [(MemoryDevice(path: "solo", sizeBytes: 512 << 20), .data)])
+        let store = try ObjectStore.open(pool: pool, settings: settings)
+        let data = StoreTestSupport.pattern(1 << 20, seed: 7)
+        let failures = Mutex<[String]>([])
+        DispatchQueue.concurrentPerform(iterations: 16) { _ in
+            var live: [UInt64] = []
+            do {
+                for _ in 0..<60 {
+                    live.append(try StoreTestSupport.createFile(store, data))
+                    if live.count > 8 {
+                        let transaction = store.transaction()
+                        let old = live.removeFirst()
+                        transaction.declareDestroy(old)
+                        try transaction.start()
+                        try transaction.destroy(old)
+                        try transaction.stop()
+                    }
+                }
+            } catch {
+                failures.withLock { $0.append("\(error)") }
+            }
+        }
+        #expect(failures.withLock { $0 }.isEmpty, "\(failures.withLock { $0 }.first ?? "") \(store.statistics)")
+        try store.close()
+    }
+}

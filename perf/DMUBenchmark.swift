@@ -1,0 +1,339 @@
+// strata-perf dmu — the object store's durable write paths, anchored to fio in the same run.
+//
+//   strata-perf dmu [--target file|zram] [--dir PATH] [--size 8G] [--seconds 3] [--rounds 3]
+//                   [--threads 1,16] [--replay-bytes 1G] [--smoke]
+//
+// What is measured (one pool on the target, one device holding every role; default settings
+// except a 1 s checkpoint interval so deferred frees come back within a run):
+//   - new1m: T threads each create an object and write 1 MiB to it in one transaction and wait
+//     for its commit callback (durable), in a loop; every thread destroys its objects older than
+//     its last 8 (separate transactions, not waited). MiB/s against fio 1 MiB sequential write
+//     QD32 (io_uring, direct). The data goes to new extents; the record waits for the data's
+//     flush (one per batch).
+//   - overwrite4k: 100 objects of 4 MiB written and checkpointed first; T threads overwrite a
+//     random 4 KiB block of a random object and wait for durability, in a loop. IOPS against fio
+//     4 KiB randwrite QD32. The data travels in the log: one sequential append per write.
+//   - commit latency p50/p99 (stop → callback) of both at each thread count.
+//   Rounds interleave the sides (fio 1M, fio 4k, then the store on a fresh pool), medians are
+//   reported; fio overwrites the target, so each round creates a new pool.
+//   - checkpoint: after overwrite4k, the checkpoint that takes its dirty pages home, timed:
+//     bytes written per second, and the longest switch (transactions held off) of the run.
+//   - replay: the log filled with 4 KiB overwrites to --replay-bytes without a checkpoint, then
+//     `ObjectStore.open` on a read-only import of the same device (replays in memory), timed.
+//     Target ≤ 2 s for 1 GiB.
+
+import ArgumentParser
+import Foundation
+import StrataDMU
+import StrataIO
+import StrataLog
+import StrataPool
+import Synchronization
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+struct DMUBenchmark: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "dmu",
+        abstract: "Object store: durable 1 MiB writes into new objects and 4 KiB overwrites (vs fio), commit latency, checkpoint rate, replay of a full log."
+    )
+
+    @Option(help: "file (a file in --dir) or zram (/dev/zram0, overwritten).")
+    var target: String = "file"
+    @Option(help: "Directory for the file target (must support O_DIRECT; default: current directory).")
+    var dir: String = "."
+    @Option(help: "Target size (default 8G; --smoke 1G).")
+    var size: String?
+    @Option(help: "Seconds per measurement (default 3; --smoke 0.3).")
+    var seconds: Double?
+    @Option(help: "Interleaved rounds (default 3; --smoke 1).")
+    var rounds: Int?
+    @Option(help: "Comma-separated thread counts (default 1,16).")
+    var threads: String = "1,16"
+    @Option(help: "Log bytes to fill and replay (default 1G; --smoke 16M; 0 skips).")
+    var replayBytes: String?
+    @Flag(help: "Tiny sizes and short runs: checks that the benchmark works.")
+    var smoke = false
+
+    struct Run {
+        var perSecond: Double          // MiB/s for new1m, IOPS for overwrite4k
+        var p50Microseconds: Double
+        var p99Microseconds: Double
+    }
+
+    func run() throws {
+        defer { Cleanup.shared.runAll() }
+        let sizeBytes = try size.map(parseSize) ?? (smoke ? 1 << 30 : 8 << 30)
+        let runSeconds = seconds ?? (smoke ? 0.3 : 3)
+        let roundCount = rounds ?? (smoke ? 1 : 3)
+        let fillBytes = try replayBytes.map(parseSize) ?? (smoke ? 16 << 20 : 1 << 30)
+        let threadCounts = threads.split(separator: ",").compactMap { Int($0) }
+        let scratch = try makeTempDirectory(base: "/tmp")
+        defer { removeTree(scratch) }
+        let path: String
+        var directory: String? = nil
+        switch target {
+        case "file":
+            directory = try makeTempDirectory(base: dir)
+            path = directory! + "/dmu-target.img"
+            try createSparseFile(path, size: sizeBytes)
+        case "zram":
+            path = try prepareTarget("zram", wipe: false, sizeBytes: sizeBytes, directory: scratch, scratch: scratch).path
+        default:
+            throw ValidationError("--target must be file or zram")
+        }
+        defer { if let directory { removeTree(directory) } }
+        let hasFio = (try? Fio.ensureInstalled(scratch: scratch)) != nil
+        let fioSize = min(sizeBytes / 2, 2 << 30)
+        print("strata-perf dmu: \(target) target \(path), \(sizeBytes >> 20) MiB, \(roundCount) rounds of \(runSeconds) s")
+
+        var fio1m: [Double] = [], fio4k: [Double] = []
+        var new1m: [Int: [Run]] = [:], over4k: [Int: [Run]] = [:]
+        var checkpointRates: [Double] = [], switchMaxMs: [Double] = []
+        for round in 0..<roundCount {
+            if hasFio {
+                if let m = try? runFioAnchor(path: path, scratch: scratch, seconds: runSeconds, arguments: [
+                    "--ioengine=io_uring", "--rw=write", "--bs=1m", "--iodepth=32", "--size=\(fioSize)"]) { fio1m.append(m.mibPerSecond) }
+                if let m = try? runFioAnchor(path: path, scratch: scratch, seconds: runSeconds, arguments: [
+                    "--ioengine=io_uring", "--rw=randwrite", "--bs=4k", "--iodepth=32", "--size=\(fioSize)", "--norandommap", "--randrepeat=0"]) {
+                    fio4k.append(m.iops)
+                }
+            }
+            let (store, device) = try openStore(path: path, sizeBytes: sizeBytes, replay: false)
+            for count in threadCounts {
+                new1m[count, default: []].append(try newObjects(store, threads: count, seconds: runSeconds))
+            }
+            let objects = try preallocate(store, count: 100, bytes: 4 << 20)
+            for count in threadCounts {
+                over4k[count, default: []].append(try overwrites(store, objects: objects, threads: count, seconds: runSeconds))
+            }
+            let before = store.statistics
+            let start = monotonicNanoseconds()
+            try store.checkpoint()
+            let elapsed = Double(monotonicNanoseconds() - start) / 1e9
+            let after = store.statistics
+            checkpointRates.append(Double(after.checkpointBytesWritten - before.checkpointBytesWritten) / elapsed / 1_048_576)
+            switchMaxMs.append(Double(after.switchNsMax) / 1e6)
+            try store.close()
+            try store.pool.export()
+            _ = device
+            progress("  round \(round + 1)/\(roundCount) done")
+        }
+
+        let fio1mMedian = fio1m.isEmpty ? nil : median(fio1m)
+        let fio4kMedian = fio4k.isEmpty ? nil : median(fio4k)
+        print("  fio 1 MiB write QD32: \(fio1mMedian.map { fixed($0, 0) + " MiB/s" } ?? "not measured");  fio 4 KiB randwrite QD32: \(fio4kMedian.map { fixed($0, 0) + " IOPS" } ?? "not measured")")
+        print("  workload      threads   median          commit p50 µs  p99 µs   vs fio")
+        for count in threadCounts {
+            let runs = new1m[count]!
+            let value = median(runs.map(\.perSecond))
+            print("  new1m         " + pad("\(count)", 7, left: true) + "   " + pad(fixed(value, 0) + " MiB/s", 13, left: true)
+                  + "  " + pad(fixed(median(runs.map(\.p50Microseconds)), 0), 13, left: true) + "  " + pad(fixed(median(runs.map(\.p99Microseconds)), 0), 6, left: true)
+                  + "   " + (fio1mMedian.map { fixed(value / $0, 2) + "x" } ?? "-"))
+        }
+        for count in threadCounts {
+            let runs = over4k[count]!
+            let value = median(runs.map(\.perSecond))
+            print("  overwrite4k   " + pad("\(count)", 7, left: true) + "   " + pad(fixed(value, 0) + " IOPS", 13, left: true)
+                  + "  " + pad(fixed(median(runs.map(\.p50Microseconds)), 0), 13, left: true) + "  " + pad(fixed(median(runs.map(\.p99Microseconds)), 0), 6, left: true)
+                  + "   " + (fio4kMedian.map { fixed(value / $0, 2) + "x" } ?? "-"))
+        }
+        print("  checkpoint after overwrite4k: \(fixed(median(checkpointRates), 0)) MiB/s written; longest switch \(fixed(switchMaxMs.max() ?? 0, 2)) ms")
+
+        if fillBytes > 0 { try replay(path: path, sizeBytes: sizeBytes, fillBytes: fillBytes) }
+    }
+
+    func settings(replay: Bool, fillBytes: UInt64 = 0, sizeBytes: UInt64 = 0) -> ObjectStoreSettings {
+        var settings = ObjectStoreSettings()
+        settings.checkpointIntervalNs = 1_000_000_000
+        if replay {
+            // No checkpoint while the log fills: no background thread, and bounds (dirty pages,
+            // the reserve behind them, the log) above what the fill reaches.
+            settings.backgroundCheckpoints = false
+            settings.log.logBytesMax = (fillBytes * 2 + (64 << 20)) / settings.log.segmentBytes * settings.log.segmentBytes
+            settings.dirtyBytesMax = 1 << 30
+            settings.checkpointReserveBytes = min(sizeBytes / 3, fillBytes * 3 / 2 + (128 << 20)) / (1 << 20) * (1 << 20)
+        }
+        return settings
+    }
+
+    func openStore(path: String, sizeBytes: UInt64, replay: Bool, fillBytes: UInt64 = 0) throws -> (ObjectStore, BlockDevice) {
+        let device = try BlockDevice.open(path, options: .init(createSizeBytes: target == "file" ? sizeBytes : nil))
+        let pool = try Pool.create(name: "dmubench", devices: [(storage: device, role: .data)], force: true)
+        return (try ObjectStore.open(pool: pool, settings: settings(replay: replay, fillBytes: fillBytes, sizeBytes: sizeBytes)), device)
+    }
+
+    /// Runs `body(thread)` on `count` threads until the deadline; each call returns the latency
+    /// (ns) of one durable transaction, or nil when it did not count.
+    func loop(threads count: Int, seconds: Double, _ body: @escaping @Sendable (Int) throws -> UInt64?) throws -> (done: Int, elapsed: Double, histogram: LatencyHistogram) {
+        let histograms = (0..<count).map { _ in LatencyHistogram() }
+        nonisolated(unsafe) let shared = histograms
+        let done = Mutex(0)
+        let failure = Mutex<String?>(nil)
+        let deadline = monotonicNanoseconds() + UInt64(seconds * 1e9)
+        let group = DispatchGroup()
+        let start = monotonicNanoseconds()
+        for thread in 0..<count {
+            group.enter()
+            Thread.detachNewThread {
+                defer { group.leave() }
+                var mine = 0
+                while monotonicNanoseconds() < deadline {
+                    do {
+                        if let latency = try body(thread) {
+                            shared[thread].record(latency)
+                            mine += 1
+                        }
+                    } catch {
+                        failure.withLock { $0 = "\(error)" }
+                        break
+                    }
+                }
+                done.withLock { $0 += mine }
+            }
+        }
+        group.wait()
+        let elapsed = Double(monotonicNanoseconds() - start) / 1e9
+        if let failure = failure.withLock({ $0 }) { throw ValidationError("workload failed: \(failure)") }
+        let merged = LatencyHistogram()
+        for histogram in histograms { merged.merge(histogram) }
+        return (done.withLock { $0 }, elapsed, merged)
+    }
+
+    /// One transaction stopped with a callback that signals; returns stop → durable in ns.
+    static func stopAndWait(_ transaction: Transaction) throws -> UInt64 {
+        let semaphore = DispatchSemaphore(value: 0)
+        let stopped = monotonicNanoseconds()
+        try transaction.stop { _ in semaphore.signal() }
+        semaphore.wait()
+        return monotonicNanoseconds() - stopped
+    }
+
+    func newObjects(_ store: ObjectStore, threads count: Int, seconds: Double) throws -> Run {
+        let data = allocateAlignedBuffer(byteCount: 1 << 20)
+        defer { data.deallocate() }
+        data.initializeMemory(as: UInt8.self, repeating: 0xA5)
+        nonisolated(unsafe) let buffer = UnsafeRawBufferPointer(data)
+        let owned = Mutex<[[UInt64]]>(Array(repeating: [], count: count))
+        let result = try loop(threads: count, seconds: seconds) { thread in
+            let transaction = store.transaction()
+            let object = transaction.declareCreate()
+            transaction.declareWrite(object, offset: 0, length: buffer.count)
+            try transaction.start()
+            try transaction.create(object, type: .regular)
+            try transaction.write(object, at: 0, buffer)
+            let latency = try Self.stopAndWait(transaction)
+            let old = owned.withLock { lists -> UInt64? in
+                lists[thread].append(object)
+                return lists[thread].count > 8 ? lists[thread].removeFirst() : nil
+            }
+            if let old {
+                let destroy = store.transaction()
+                destroy.declareDestroy(old)
+                try destroy.start()
+                try destroy.destroy(old)
+                try destroy.stop()
+            }
+            return latency
+        }
+        // Leave the store small for the next workload.
+        for list in owned.withLock({ $0 }) {
+            for object in list {
+                let destroy = store.transaction()
+                destroy.declareDestroy(object)
+                try destroy.start()
+                try destroy.destroy(object)
+                try destroy.stop()
+            }
+        }
+        return Run(perSecond: Double(result.done) / result.elapsed, p50Microseconds: result.histogram.percentile(0.5) / 1000,
+                   p99Microseconds: result.histogram.percentile(0.99) / 1000)
+    }
+
+    func preallocate(_ store: ObjectStore, count: Int, bytes: Int) throws -> [UInt64] {
+        let data = allocateAlignedBuffer(byteCount: bytes)
+        defer { data.deallocate() }
+        data.initializeMemory(as: UInt8.self, repeating: 0x3C)
+        var objects: [UInt64] = []
+        for _ in 0..<count {
+            let transaction = store.transaction()
+            let object = transaction.declareCreate()
+            transaction.declareWrite(object, offset: 0, length: bytes)
+            try transaction.start()
+            try transaction.create(object, type: .regular)
+            try transaction.write(object, at: 0, UnsafeRawBufferPointer(data))
+            try transaction.stop()
+            objects.append(object)
+        }
+        try store.sync()
+        try store.checkpoint()
+        return objects
+    }
+
+    func overwrites(_ store: ObjectStore, objects: [UInt64], threads count: Int, seconds: Double) throws -> Run {
+        let blocks = UInt64(4 << 20) / 4096
+        let result = try loop(threads: count, seconds: seconds) { thread in
+            var block = [UInt8](repeating: UInt8(truncatingIfNeeded: thread), count: 4096)
+            block[0] = UInt8(truncatingIfNeeded: monotonicNanoseconds())
+            let object = objects[Int.random(in: 0..<objects.count)]
+            let offset = UInt64.random(in: 0..<blocks) * 4096
+            let transaction = store.transaction()
+            transaction.declareWrite(object, offset: offset, length: 4096)
+            try transaction.start()
+            try transaction.write(object, at: offset, block)
+            return try Self.stopAndWait(transaction)
+        }
+        return Run(perSecond: Double(result.done) / result.elapsed, p50Microseconds: result.histogram.percentile(0.5) / 1000,
+                   p99Microseconds: result.histogram.percentile(0.99) / 1000)
+    }
+
+    /// Fills the log with 4 KiB overwrites (no checkpoint), then times a replaying open of a
+    /// read-only import of the same device.
+    func replay(path: String, sizeBytes: UInt64, fillBytes: UInt64) throws {
+        let (store, device) = try openStore(path: path, sizeBytes: sizeBytes, replay: true, fillBytes: fillBytes)
+        let objects = try preallocate(store, count: 100, bytes: 4 << 20)
+        let covered = store.log!.usage.appendedLSN
+        let perRecord = UInt64(LogBlock.recordBytes(payloadBytes: 20 + 4096))
+        let target = fillBytes / perRecord
+        let fillStart = monotonicNanoseconds()
+        let failure = Mutex<String?>(nil)
+        let group = DispatchGroup()
+        for thread in 0..<4 {
+            group.enter()
+            Thread.detachNewThread {
+                defer { group.leave() }
+                let block = [UInt8](repeating: UInt8(thread), count: 4096)
+                while store.log!.appendedLSN - covered < target {
+                    do {
+                        let object = objects[Int.random(in: 0..<objects.count)]
+                        let offset = UInt64.random(in: 0..<1024) * 4096
+                        let transaction = store.transaction()
+                        transaction.declareWrite(object, offset: offset, length: 4096)
+                        try transaction.start()
+                        try transaction.write(object, at: offset, block)
+                        try transaction.stop()
+                    } catch {
+                        failure.withLock { $0 = "\(error)" }
+                        return
+                    }
+                }
+            }
+        }
+        group.wait()
+        if let failure = failure.withLock({ $0 }) { throw ValidationError("filling the log failed: \(failure)") }
+        try store.sync()
+        let fillSeconds = Double(monotonicNanoseconds() - fillStart) / 1e9
+        let logBytes = (store.log!.appendedLSN - covered) * perRecord
+        // The "crash": a read-only import of the device as it is, replaying in memory.
+        let readOnly = try Pool.importPool(devices: [device], readOnly: true)
+        let start = monotonicNanoseconds()
+        let recovered = try ObjectStore.open(pool: readOnly, settings: settings(replay: true, fillBytes: fillBytes, sizeBytes: sizeBytes))
+        let replaySeconds = Double(monotonicNanoseconds() - start) / 1e9
+        let records = recovered.statistics.replayedRecords
+        print("  replay: \(records) records, \(logBytes >> 20) MiB of log in \(fixed(replaySeconds, 3)) s "
+              + "(\(fixed(Double(logBytes) / replaySeconds / 1_048_576, 0)) MiB/s; target ≤ 2 s per GiB); filled in \(fixed(fillSeconds, 1)) s")
+        try store.close()
+    }
+}
