@@ -48,7 +48,7 @@ struct DMUBenchmark: ParsableCommand {
     var size: String?
     @Option(help: "Seconds per measurement (default 3; --smoke 0.3).")
     var seconds: Double?
-    @Option(help: "Interleaved rounds (default 3; --smoke 1).")
+    @Option(help: "Interleaved rounds (default 3; --smoke 1; 0: only the replay measurement).")
     var rounds: Int?
     @Option(help: "Comma-separated thread counts (default 1,16).")
     var threads: String = "1,16"
@@ -103,7 +103,13 @@ struct DMUBenchmark: ParsableCommand {
             }
             let (store, device) = try openStore(path: path, sizeBytes: sizeBytes, replay: false)
             for count in threadCounts {
-                new1m[count, default: []].append(try newObjects(store, threads: count, seconds: runSeconds))
+                do {
+                    new1m[count, default: []].append(try newObjects(store, threads: count, seconds: runSeconds))
+                } catch {
+                    let space = store.pool.allocator.statistics().devices[0]
+                    progress("strata-perf dmu: new1m failed with \(space.usedBytes >> 20) MiB used, \(space.deferredBytes >> 20) MiB deferred, \(space.reservedBytes >> 20) MiB reserved, \(space.freeBytes >> 20) MiB free; \(store.statistics); log \(store.log!.usage)")
+                    throw error
+                }
             }
             let objects = try preallocate(store, count: 100, bytes: 4 << 20)
             for count in threadCounts {
@@ -122,6 +128,10 @@ struct DMUBenchmark: ParsableCommand {
             progress("  round \(round + 1)/\(roundCount) done")
         }
 
+        if roundCount == 0 {                    // --rounds 0: the replay measurement alone
+            if fillBytes > 0 { try replay(path: path, sizeBytes: sizeBytes, fillBytes: fillBytes) }
+            return
+        }
         let fio1mMedian = fio1m.isEmpty ? nil : median(fio1m)
         let fio4kMedian = fio4k.isEmpty ? nil : median(fio4k)
         print("  fio 1 MiB write QD32: \(fio1mMedian.map { fixed($0, 0) + " MiB/s" } ?? "not measured");  fio 4 KiB randwrite QD32: \(fio4kMedian.map { fixed($0, 0) + " IOPS" } ?? "not measured")")
@@ -214,7 +224,7 @@ struct DMUBenchmark: ParsableCommand {
     func newObjects(_ store: ObjectStore, threads count: Int, seconds: Double) throws -> Run {
         let data = allocateAlignedBuffer(byteCount: 1 << 20)
         defer { data.deallocate() }
-        data.initializeMemory(as: UInt8.self, repeating: 0xA5)
+        fillRandom(data)                        // incompressible, as fio's buffers (zram compresses)
         nonisolated(unsafe) let buffer = UnsafeRawBufferPointer(data)
         let owned = Mutex<[[UInt64]]>(Array(repeating: [], count: count))
         let result = try loop(threads: count, seconds: seconds) { thread in
@@ -255,7 +265,7 @@ struct DMUBenchmark: ParsableCommand {
     func preallocate(_ store: ObjectStore, count: Int, bytes: Int) throws -> [UInt64] {
         let data = allocateAlignedBuffer(byteCount: bytes)
         defer { data.deallocate() }
-        data.initializeMemory(as: UInt8.self, repeating: 0x3C)
+        fillRandom(data)
         var objects: [UInt64] = []
         for _ in 0..<count {
             let transaction = store.transaction()
@@ -274,9 +284,13 @@ struct DMUBenchmark: ParsableCommand {
 
     func overwrites(_ store: ObjectStore, objects: [UInt64], threads count: Int, seconds: Double) throws -> Run {
         let blocks = UInt64(4 << 20) / 4096
+        let random = allocateAlignedBuffer(byteCount: 1 << 20)
+        defer { random.deallocate() }
+        fillRandom(random)
+        nonisolated(unsafe) let randomBytes = UnsafeRawBufferPointer(random)
         let result = try loop(threads: count, seconds: seconds) { thread in
-            var block = [UInt8](repeating: UInt8(truncatingIfNeeded: thread), count: 4096)
-            block[0] = UInt8(truncatingIfNeeded: monotonicNanoseconds())
+            let start = Int.random(in: 0..<(randomBytes.count / 4096)) * 4096
+            let block = UnsafeRawBufferPointer(rebasing: randomBytes[start ..< start + 4096])
             let object = objects[Int.random(in: 0..<objects.count)]
             let offset = UInt64.random(in: 0..<blocks) * 4096
             let transaction = store.transaction()
@@ -304,7 +318,8 @@ struct DMUBenchmark: ParsableCommand {
             group.enter()
             Thread.detachNewThread {
                 defer { group.leave() }
-                let block = [UInt8](repeating: UInt8(thread), count: 4096)
+                var block = [UInt8](repeating: UInt8(thread), count: 4096)
+                block.withUnsafeMutableBytes { fillRandom($0) }
                 while store.log!.appendedLSN - covered < target {
                     do {
                         let object = objects[Int.random(in: 0..<objects.count)]
@@ -335,5 +350,15 @@ struct DMUBenchmark: ParsableCommand {
         print("  replay: \(records) records, \(logBytes >> 20) MiB of log in \(fixed(replaySeconds, 3)) s "
               + "(\(fixed(Double(logBytes) / replaySeconds / 1_048_576, 0)) MiB/s; target ≤ 2 s per GiB); filled in \(fixed(fillSeconds, 1)) s")
         try store.close()
+    }
+}
+
+/// Random bytes (what fio writes: zram compresses anything else away). Cold path: once per buffer.
+func fillRandom(_ buffer: UnsafeMutableRawBufferPointer) {
+    var generator = SystemRandomNumberGenerator()
+    var offset = 0
+    while offset + 8 <= buffer.count {
+        buffer.storeBytes(of: generator.next() as UInt64, toByteOffset: offset, as: UInt64.self)
+        offset += 8
     }
 }

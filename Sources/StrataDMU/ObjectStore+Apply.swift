@@ -205,6 +205,7 @@ extension ObjectStore {
             let to = min(end, start + 4096)
             let source = UnsafeRawBufferPointer(rebasing: bytes[Int(from - offset) ..< Int(to - offset)])
             UnsafeMutableRawBufferPointer(rebasing: entry.page.bytes[Int(from - start) ..< Int(to - start)]).copyMemory(from: source)
+            entry.page.checksum = CRC32C.checksum(UnsafeRawBufferPointer(entry.page.bytes))
             if entry.isNew {
                 state.pages[entry.chunk] = entry.page
                 added += 1

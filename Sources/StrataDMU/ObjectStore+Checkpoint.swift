@@ -319,10 +319,9 @@ extension ObjectStore {
             let stripe = stripes[stripe(of: run.object)]
             stripe.lock()
             let state = stateLock.withLock { objects[run.object] }
-            for (index, page) in run.pages.enumerated() {
+            for (chunk, page) in zip(run.chunks, run.pages) {
                 releasedPages += 1
                 page.isStaged = false
-                let chunk = run.firstChunk + UInt64(index)
                 if let state, state.pages[chunk] === page { state.pages.removeValue(forKey: chunk) }
             }
             stripe.unlock()
@@ -345,10 +344,11 @@ extension ObjectStore {
         return checkpoint
     }
 
-    /// Contiguous pages of one object going to one new extent.
+    /// Dirty pages of one object going to one new extent, in chunk order (not necessarily
+    /// adjacent chunks).
     struct PageRun {
         var object: UInt64
-        var firstChunk: UInt64
+        var chunks: [UInt64]
         var pages: [Page]
         var copies: ExtentCopies
     }
@@ -368,27 +368,35 @@ extension ObjectStore {
             }
         default:
             guard let map = state.extentMap else { break }
-            // Pages → new extents, in runs of adjacent chunks.
+            // Pages → new extents. Up to `recordBytesMax` of an object's dirty pages share one
+            // physical extent (one allocation, one sequential write) whatever their logical
+            // order; each run of logically adjacent pages maps a slice of it.
             let chunks = state.pages.filter { !$0.value.isStaged }.keys.sorted()
+            let batchChunksMax = settings.recordBytesMax / Page.bytes
             var index = 0
-            let runChunksMax = settings.recordBytesMax / Page.bytes
             while index < chunks.count {
-                var end = index + 1
-                while end < chunks.count && chunks[end] == chunks[end - 1] + 1 && end - index < runChunksMax { end += 1 }
-                let first = chunks[index]
-                let pages = chunks[index..<end].map { state.pages[$0]! }
-                let length = UInt64(pages.count * Page.bytes)
+                let batchEnd = min(index + batchChunksMax, chunks.count)
+                let pages = chunks[index..<batchEnd].map { state.pages[$0]! }
                 let copies: ExtentCopies
-                do { copies = try pool.allocator.allocate(.data, lengthBytes: length) } catch {
-                    throw .noSpace("checkpoint \(checkpoint): \(length) bytes for the pages of object \(object): \(error)")
+                do { copies = try pool.allocator.allocate(.data, lengthBytes: UInt64(pages.count * Page.bytes)) } catch {
+                    throw .noSpace("checkpoint \(checkpoint): \(pages.count * Page.bytes) bytes for the pages of object \(object): \(error)")
                 }
-                let checksums = pages.map { CRC32C.checksum(UnsafeRawBufferPointer($0.bytes)) }
-                let extent = MappedExtent(logicalOffsetBytes: first * 4096, copies: Array(copies), birthCheckpoint: checkpoint,
-                                          chunkChecksums: checksums)
-                for freed in map.replace(with: extent) { pool.allocator.free(freed) }
+                assert(pages.allSatisfy { $0.checksum == CRC32C.checksum(UnsafeRawBufferPointer($0.bytes)) }, "object \(object): a page's checksum is stale")
+                var runStart = index
+                while runStart < batchEnd {
+                    var runEnd = runStart + 1
+                    while runEnd < batchEnd && chunks[runEnd] == chunks[runEnd - 1] + 1 { runEnd += 1 }
+                    let physical = UInt64((runStart - index) * Page.bytes)
+                    let length = UInt64((runEnd - runStart) * Page.bytes)
+                    let slices = copies.map { Extent(deviceIndex: $0.deviceIndex, offsetBytes: $0.offsetBytes + physical, lengthBytes: length) }
+                    let extent = MappedExtent(logicalOffsetBytes: chunks[runStart] * 4096, copies: slices, birthCheckpoint: checkpoint,
+                                              chunkChecksums: pages[(runStart - index)..<(runEnd - index)].map(\.checksum))
+                    for freed in map.replace(with: extent) { pool.allocator.free(freed) }
+                    runStart = runEnd
+                }
                 for page in pages { page.isStaged = true }
-                pageRuns.append(PageRun(object: object, firstChunk: first, pages: pages, copies: copies))
-                index = end
+                pageRuns.append(PageRun(object: object, chunks: Array(chunks[index..<batchEnd]), pages: pages, copies: copies))
+                index = batchEnd
             }
             try flushMap(map, of: &dnode)
         }

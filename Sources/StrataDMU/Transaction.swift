@@ -120,8 +120,8 @@ public final class Transaction {
         // checkpoint could find no room. Data extents are reserved (held) now. Space freed by
         // recent transactions comes back only once the checkpoint after the one that recorded
         // the frees is durable: on ENOSPC with frees pending, two checkpoints are run (or
-        // awaited) and both are tried again, once.
-        var retried = false
+        // awaited) and both are tried again, while frees are pending, up to `throttleWaitNsMax`.
+        var deadline: UInt64 = 0
         while true {
             var failure: String? = nil
             if !store.takeReserves() {
@@ -134,10 +134,10 @@ public final class Transaction {
                 }
             }
             guard let failure else { break }
-            guard !retried, store.pool.allocator.statistics().devices.contains(where: { $0.deferredBytes > 0 }) else {
+            if deadline == 0 { deadline = StoreMonitor.nowNs() + store.settings.throttleWaitNsMax }
+            guard StoreMonitor.nowNs() < deadline, store.pool.allocator.statistics().devices.contains(where: { $0.deferredBytes > 0 }) else {
                 throw .noSpace(failure)
             }
-            retried = true
             try store.checkpointsForSpace()
         }
         store.enterGate()
