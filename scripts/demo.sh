@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Sets up, builds (release) and runs the demo on an embedded default: a 5-device pool on sparse
 # files in a temp dir (created, shown, exported), then the Strata engine side by side with fio on
-# a temp file, the allocator benchmark and the pool-import benchmark. Extra arguments go to
+# a temp file, the allocator and pool-import benchmarks, the object store benchmark (strata-perf
+# dmu, small) and a `strata pool check` of the demo pool. Extra arguments go to
 # `strata-perf io`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -25,3 +26,9 @@ echo "== allocator at 90% fill"
 echo
 echo "== pool import"
 .build/release/strata-perf pool-import --repeats 10
+echo
+echo "== the object store: durable transactions (1 MiB new objects, 4 KiB overwrites) vs fio, a checkpoint, replay"
+.build/release/strata-perf dmu --dir /tmp --size 2G --seconds 1 --rounds 1 --replay-bytes 128M
+echo
+echo "== strata pool check of the demo pool"
+.build/release/strata pool check --dir "$dir"
