@@ -30,7 +30,7 @@ import Glibc
 final class StagingBuffers: @unchecked Sendable {
     let bytes: Int
     let keptMax: Int
-    private let monitor = StoreMonitor()
+    private let monitor = Monitor()
     private var free: [UnsafeMutableRawBufferPointer] = []
 
     init(bytes: Int, keptMax: Int = 32) {
@@ -139,7 +139,7 @@ extension ObjectStore {
             guard let reason else { return }
             try checkUsable()
             if deadline == 0 {
-                deadline = StoreMonitor.nowNs() + settings.throttleWaitNsMax
+                deadline = Monitor.nowNs() + settings.throttleWaitNsMax
                 stateLock.withLock { stats.throttleWaits += 1 }
             }
             if !settings.backgroundCheckpoints {
@@ -168,7 +168,7 @@ extension ObjectStore {
             try checkpoint(force: true)
             return
         }
-        let deadline = StoreMonitor.nowNs() + settings.throttleWaitNsMax
+        let deadline = Monitor.nowNs() + settings.throttleWaitNsMax
         stateLock.lock()
         defer { stateLock.unlock() }
         let target = stats.checkpoints + 2
@@ -208,7 +208,7 @@ extension ObjectStore {
         stateLock.lock()
         while !isClosed && failure == nil {
             let due = lastCheckpointNs + settings.checkpointIntervalNs
-            if !checkpointRequested && StoreMonitor.nowNs() < due {
+            if !checkpointRequested && Monitor.nowNs() < due {
                 _ = stateLock.wait(untilNs: due)
                 continue
             }
@@ -237,7 +237,7 @@ extension ObjectStore {
         checkpointLock.lock()
         defer { checkpointLock.unlock() }
         try checkUsable()
-        let startNs = StoreMonitor.nowNs()
+        let startNs = Monitor.nowNs()
 
         // 1. Quiesce.
         stateLock.lock()
@@ -250,7 +250,7 @@ extension ObjectStore {
         if !force && dirtySet.isEmpty && dirtyDnodeCount == 0 && lsn == log.coveredLSN {
             stateLock.withLock {
                 quiescing = false
-                lastCheckpointNs = StoreMonitor.nowNs()
+                lastCheckpointNs = Monitor.nowNs()
                 stateLock.broadcast()
             }
             return nil
@@ -289,7 +289,7 @@ extension ObjectStore {
             throw error
         }
         // 6. Resume.
-        let switchNs = StoreMonitor.nowNs() - startNs
+        let switchNs = Monitor.nowNs() - startNs
         stateLock.withLock {
             dirtyObjects.subtract(dirtySet)
             openCheckpoint = checkpoint + 1
@@ -328,10 +328,10 @@ extension ObjectStore {
         }
         trimObjectStates()
         takeReserves()          // false: transactions that allocate wait for space (Transaction.start)
-        let totalNs = StoreMonitor.nowNs() - startNs
+        let totalNs = Monitor.nowNs() - startNs
         stateLock.withLock {
             dirtyPageBytes -= releasedPages * Page.bytes
-            lastCheckpointNs = StoreMonitor.nowNs()
+            lastCheckpointNs = Monitor.nowNs()
             stats.checkpoints += 1
             stats.lastSwitchNs = switchNs
             stats.switchNsMax = max(stats.switchNsMax, switchNs)

@@ -57,7 +57,7 @@ extension ObjectStore {
         }
         let store = ObjectStore(pool: pool, settings: settings, log: nil, table: table, metadata: metadata,
                                 indexCache: indexCache, nextObject: nextObject)
-        let startNs = StoreMonitor.nowNs()
+        let startNs = Monitor.nowNs()
         var replayed = 0
         let body: (LogRecord, RawSpan) throws -> Void = { record, payload in
             let operation = payload.withUnsafeBytes { raw in ObjectOperation.decode(type: record.type, payload: raw) }
@@ -85,7 +85,7 @@ extension ObjectStore {
             throw .failed("\(error)")
         }
         store.stats.replayedRecords = replayed
-        store.stats.replayNs = StoreMonitor.nowNs() - startNs
+        store.stats.replayNs = Monitor.nowNs() - startNs
         guard let log = store.log else { return store }
         log.setCheckpointRequestHandler { [weak store] _ in store?.requestCheckpoint() }
         do throws(ObjectStoreError) {

@@ -256,7 +256,7 @@ final class PagePool: @unchecked Sendable {
     static let shared = PagePool()
     static let slabBytes = 2 << 20
 
-    private let monitor = StoreMonitor()
+    private let monitor = Monitor()
     private var free: [UnsafeMutableRawPointer] = []
     private(set) var slabCount = 0
 
@@ -300,54 +300,6 @@ final class ObjectState {
     var isClean: Bool { pages.isEmpty && !(extentMap?.isDirty ?? false) && !(index?.isDirty ?? false) }
 }
 
-/// A pthread mutex with a condition variable (monotonic clock), for locks held across calls and
-/// bounded waits.
-final class StoreMonitor: @unchecked Sendable {
-    private let mutex: UnsafeMutablePointer<pthread_mutex_t>
-    private let condition: UnsafeMutablePointer<pthread_cond_t>
-
-    init() {
-        mutex = .allocate(capacity: 1)
-        condition = .allocate(capacity: 1)
-        let mutexResult = pthread_mutex_init(mutex, nil)
-        precondition(mutexResult == 0, "pthread_mutex_init: \(mutexResult)")
-        var attributes = pthread_condattr_t()
-        pthread_condattr_init(&attributes)
-        pthread_condattr_setclock(&attributes, CLOCK_MONOTONIC)
-        let conditionResult = pthread_cond_init(condition, &attributes)
-        precondition(conditionResult == 0, "pthread_cond_init: \(conditionResult)")
-        pthread_condattr_destroy(&attributes)
-    }
-
-    deinit {
-        pthread_cond_destroy(condition)
-        pthread_mutex_destroy(mutex)
-        mutex.deallocate()
-        condition.deallocate()
-    }
-
-    @inline(__always) func lock() { pthread_mutex_lock(mutex) }
-    @inline(__always) func unlock() { pthread_mutex_unlock(mutex) }
-    func broadcast() { pthread_cond_broadcast(condition) }
-    func wait() { pthread_cond_wait(condition, mutex) }
-    /// False on timeout.
-    func wait(untilNs deadlineNs: UInt64) -> Bool {
-        var deadline = timespec(tv_sec: Int(deadlineNs / 1_000_000_000), tv_nsec: Int(deadlineNs % 1_000_000_000))
-        return pthread_cond_timedwait(condition, mutex, &deadline) != ETIMEDOUT
-    }
-    @inline(__always) func withLock<Result>(_ body: () throws -> Result) rethrows -> Result {
-        lock()
-        defer { unlock() }
-        return try body()
-    }
-
-    static func nowNs() -> UInt64 {
-        var now = timespec()
-        clock_gettime(CLOCK_MONOTONIC, &now)
-        return UInt64(now.tv_sec) * 1_000_000_000 + UInt64(now.tv_nsec)
-    }
-}
-
 public final class ObjectStore: @unchecked Sendable {
     public let pool: Pool
     public let settings: ObjectStoreSettings
@@ -358,14 +310,14 @@ public final class ObjectStore: @unchecked Sendable {
     let indexCache: IndexNodeCache
     /// The dnode table (block number → table block pointer, plus `meta`); under `indexLock`.
     let table: IndexTree
-    let stripes: [StoreMonitor]
+    let stripes: [Monitor]
     let stagingBuffers: StagingBuffers
     /// Every index tree and the shared node cache.
-    let indexLock = StoreMonitor()
+    let indexLock = Monitor()
     /// Object states, dirty set, counters, gate, checkpoint requests.
-    let stateLock = StoreMonitor()
+    let stateLock = Monitor()
     /// One checkpoint at a time.
-    let checkpointLock = StoreMonitor()
+    let checkpointLock = Monitor()
 
     // MARK: State under `stateLock`
     var objects: [UInt64: ObjectState] = [:]
@@ -402,11 +354,11 @@ public final class ObjectStore: @unchecked Sendable {
         self.metadata = metadata
         self.indexCache = indexCache
         self.dnodes = DnodeCache(settings: settings.dnodeCache)
-        self.stripes = (0..<settings.objectLockStripes).map { _ in StoreMonitor() }
+        self.stripes = (0..<settings.objectLockStripes).map { _ in Monitor() }
         self.stagingBuffers = StagingBuffers(bytes: settings.recordBytesMax)
         self.nextObject = nextObject
         self.openCheckpoint = pool.uberblock.checkpoint + 1
-        self.lastCheckpointNs = StoreMonitor.nowNs()
+        self.lastCheckpointNs = Monitor.nowNs()
         self.limits = StoreLimits(settings: settings, capacityBytes: pool.allocator.devices.reduce(0) { $0 + $1.sizeBytes })
     }
 

@@ -31,7 +31,7 @@ public final class StagedMetadataStore: MetadataStore, @unchecked Sendable {
     let direct: PoolMetadataStore
     /// Guarded by `lock`.
     private var blocks: [Address: UnsafeMutableRawBufferPointer] = [:]
-    private let lock = StoreMonitor()
+    private let lock = Monitor()
 
     private func withStaged<Result>(_ body: (inout [Address: UnsafeMutableRawBufferPointer]) -> Result) -> Result {
         lock.lock()

@@ -134,8 +134,8 @@ public final class Transaction {
                 }
             }
             guard let failure else { break }
-            if deadline == 0 { deadline = StoreMonitor.nowNs() + store.settings.throttleWaitNsMax }
-            guard StoreMonitor.nowNs() < deadline, store.pool.allocator.statistics().devices.contains(where: { $0.deferredBytes > 0 }) else {
+            if deadline == 0 { deadline = Monitor.nowNs() + store.settings.throttleWaitNsMax }
+            guard Monitor.nowNs() < deadline, store.pool.allocator.statistics().devices.contains(where: { $0.deferredBytes > 0 }) else {
                 throw .noSpace(failure)
             }
             try store.checkpointsForSpace()

@@ -43,7 +43,7 @@ extension IntentLog {
         guard !batch.isEmpty else { return false }
         if settings.batchDelayNs == 0 || isClosed || requestedLSN >= batch.firstLSN { return true }
         if batch.usedBytes * 2 >= settings.batchBytesMax { return true }
-        return LogMonitor.nowNs() >= batch.openedNs + settings.batchDelayNs
+        return Monitor.nowNs() >= batch.openedNs + settings.batchDelayNs
     }
 
     /// Writes the open batch (lock held on entry and on return; released for the I/O and the
@@ -156,7 +156,7 @@ extension IntentLog {
                 monitor.lock()
                 if currentSegment + 1 < segments.count { break }
             }
-            _ = monitor.wait(untilNs: LogMonitor.nowNs() + 100_000_000)
+            _ = monitor.wait(untilNs: Monitor.nowNs() + 100_000_000)
         }
         currentSegment += 1
         writeOffset = 0

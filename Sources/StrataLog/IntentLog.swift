@@ -116,7 +116,7 @@ public final class IntentLog: @unchecked Sendable {
     /// Random, drawn when the log was created; in every block and head of this log.
     public let logIdentity: UInt64
     let poolUUID: PoolUUID
-    let monitor = LogMonitor()
+    let monitor = Monitor()
     let batches: [Batch]
 
     // MARK: State (guarded by `monitor`)
@@ -412,7 +412,7 @@ public final class IntentLog: @unchecked Sendable {
                 monitor.broadcast()
                 continue
             }
-            if deadlineNs == 0 { deadlineNs = LogMonitor.nowNs() + settings.appendWaitNsMax }
+            if deadlineNs == 0 { deadlineNs = Monitor.nowNs() + settings.appendWaitNsMax }
             if writerIdle { monitor.broadcast() }
             if !monitor.wait(untilNs: deadlineNs) && batches[openBatch].usedBytes + size > settings.batchBytesMax {
                 throw timeoutError(waitedNs: settings.appendWaitNsMax)
@@ -429,7 +429,7 @@ public final class IntentLog: @unchecked Sendable {
                            into: UnsafeMutableRawBufferPointer(rebasing: batch.bytes[batch.usedBytes..<(batch.usedBytes + size)]))
         if batch.recordCount == 0 {
             batch.firstLSN = lsn
-            if settings.batchDelayNs > 0 { batch.openedNs = LogMonitor.nowNs() }
+            if settings.batchDelayNs > 0 { batch.openedNs = Monitor.nowNs() }
         }
         batch.usedBytes += size
         batch.recordCount += 1
@@ -462,7 +462,7 @@ public final class IntentLog: @unchecked Sendable {
             } else if writerIdle {
                 monitor.broadcast()
             }
-            if deadlineNs == 0 { deadlineNs = LogMonitor.nowNs() + settings.appendWaitNsMax }
+            if deadlineNs == 0 { deadlineNs = Monitor.nowNs() + settings.appendWaitNsMax }
             if !monitor.wait(untilNs: deadlineNs) && lastDurableLSN < lsn && failure == nil {
                 throw timeoutError(waitedNs: settings.appendWaitNsMax)
             }

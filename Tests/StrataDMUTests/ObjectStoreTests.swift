@@ -293,6 +293,23 @@ extension ObjectStore {
 }
 
 @Suite struct ObjectStoreSpaceTests {
+    /// Creates `count` objects holding `data`, destroying all but the last 8 as it goes; returns those.
+    static func churn(_ store: ObjectStore, _ data: [UInt8], count: Int) throws -> [UInt64] {
+        var live: [UInt64] = []
+        for _ in 0..<count {
+            live.append(try StoreTestSupport.createFile(store, data))
+            if live.count > 8 {
+                let transaction = store.transaction()
+                let old = live.removeFirst()
+                transaction.declareDestroy(old)
+                try transaction.start()
+                try transaction.destroy(old)
+                try transaction.stop()
+            }
+        }
+        return live
+    }
+
     /// Space freed by destroys comes back (after two checkpoints) when allocation needs it, with
     /// background checkpoints and without.
     @Test(arguments: [false, true])
@@ -304,18 +321,7 @@ extension ObjectStore {
         let pool = try Pool.create(name: "one", devices: [(MemoryDevice(path: "solo", sizeBytes: 96 << 20), .data)])
         let store = try ObjectStore.open(pool: pool, settings: settings)
         let data = StoreTestSupport.pattern(1 << 20, seed: 7)
-        var live: [UInt64] = []
-        for _ in 0..<300 {                                   // 300 MiB through a 64 MiB device
-            live.append(try StoreTestSupport.createFile(store, data))
-            if live.count > 8 {
-                let transaction = store.transaction()
-                let old = live.removeFirst()
-                transaction.declareDestroy(old)
-                try transaction.start()
-                try transaction.destroy(old)
-                try transaction.stop()
-            }
-        }
+        let live = try Self.churn(store, data, count: 300)      // 300 MiB through a 96 MiB device
         for object in live { #expect(try store.read(object, at: 0, length: 16) == Array(data[0..<16])) }
         try store.close()
     }
@@ -330,19 +336,8 @@ extension ObjectStoreSpaceTests {
         let data = StoreTestSupport.pattern(1 << 20, seed: 7)
         let failures = Mutex<[String]>([])
         DispatchQueue.concurrentPerform(iterations: 16) { _ in
-            var live: [UInt64] = []
             do {
-                for _ in 0..<60 {
-                    live.append(try StoreTestSupport.createFile(store, data))
-                    if live.count > 8 {
-                        let transaction = store.transaction()
-                        let old = live.removeFirst()
-                        transaction.declareDestroy(old)
-                        try transaction.start()
-                        try transaction.destroy(old)
-                        try transaction.stop()
-                    }
-                }
+                _ = try Self.churn(store, data, count: 60)
             } catch {
                 failures.withLock { $0.append("\(error)") }
             }

@@ -160,13 +160,13 @@ import Testing
         let log = try LogTestSupport.newLog(devices: LogTestSupport.makeDevices(), settings: settings)
         let payload = [UInt8](repeating: 1, count: 8000)
         var thrown: LogError? = nil
-        let start = LogMonitor.nowNs()
+        let start = Monitor.nowNs()
         for index in 0..<200 {
             do { try log.append(type: 1, transactionID: UInt64(index), payload: payload) } catch { thrown = error; break }
         }
         guard case .logFull(let max, let segment, let waited) = thrown else { Issue.record("expected logFull, got \(String(describing: thrown))"); return }
         #expect(max == 192 << 10 && segment == 64 << 10 && waited == 200_000_000)
-        #expect(LogMonitor.nowNs() - start < 3_000_000_000)
+        #expect(Monitor.nowNs() - start < 3_000_000_000)
         #expect(thrown!.description.contains("196608 bytes"))
     }
 }
