@@ -82,19 +82,47 @@ public final class DnodeCache: @unchecked Sendable {
     // @unchecked: the shards live in raw memory owned by this object; each is only reached
     // through its Mutex.
 
+    /// A slot. Stored non-optional, with the dnode inline and flags for "vacant" and
+    /// "tombstone": a lookup then touches the slot in place and lends the dnode to `withDnode`
+    /// without a copy (an `Entry?` slot is copied whole on access, retaining the dnode's arrays:
+    /// a cache miss each, which dominated lookups at 100k+ dnodes).
     struct Entry {
         var objectNumber: UInt64
-        /// nil for a destroyed-object tombstone.
-        var dnode: Dnode?
+        /// The dnode; `Entry.placeholder` for a tombstone or a vacant slot.
+        var dnode: Dnode
         /// 0 when clean, else the checkpoint that must write this entry.
         var dirtyCheckpoint: UInt64
         var chargedBytes: Int
         var referenced: Bool
+        /// A destroyed-object tombstone.
+        var isDestroyed: Bool
+        var isOccupied: Bool
+
+        static let placeholder = Dnode(objectNumber: 0, type: .regular)
+        static let vacant = Entry(objectNumber: 0, dnode: nil, dirtyCheckpoint: 0, chargedBytes: 0, referenced: false, isOccupied: false)
+
+        init(objectNumber: UInt64, dnode: Dnode?, dirtyCheckpoint: UInt64, chargedBytes: Int, referenced: Bool, isOccupied: Bool = true) {
+            self.objectNumber = objectNumber
+            self.dnode = dnode ?? Entry.placeholder
+            self.isDestroyed = dnode == nil
+            self.dirtyCheckpoint = dirtyCheckpoint
+            self.chargedBytes = chargedBytes
+            self.referenced = referenced
+            self.isOccupied = isOccupied
+        }
+
+        /// The dnode, or nil for a tombstone (a copy: not for the hot path).
+        var storedDnode: Dnode? { isDestroyed ? nil : dnode }
+
+        mutating func set(_ newDnode: Dnode?) {
+            dnode = newDnode ?? Entry.placeholder
+            isDestroyed = newDnode == nil
+        }
     }
 
     struct Shard {
-        var index: [UInt64: Int32] = [:]
-        var slots: [Entry?] = []
+        var index = DnodeIndexTable()
+        var slots: [Entry] = []
         var freeSlots: [Int32] = []
         var hand = 0
         var budgetBytes: Int
@@ -150,9 +178,9 @@ public final class DnodeCache: @unchecked Sendable {
                 return .absent
             }
             shard.statistics.hits &+= 1
-            shard.slots[Int(slot)]!.referenced = true
-            guard let dnode = shard.slots[Int(slot)]!.dnode else { return .destroyed }
-            return .present(dnode)
+            shard.slots[Int(slot)].referenced = true
+            if shard.slots[Int(slot)].isDestroyed { return .destroyed }
+            return .present(shard.slots[Int(slot)].dnode)
         }
     }
 
@@ -171,9 +199,9 @@ public final class DnodeCache: @unchecked Sendable {
                 return nil
             }
             shard.statistics.hits &+= 1
-            shard.slots[Int(slot)]!.referenced = true
-            guard let dnode = shard.slots[Int(slot)]!.dnode else { return nil }
-            return body(dnode)
+            shard.slots[Int(slot)].referenced = true
+            if shard.slots[Int(slot)].isDestroyed { return nil }
+            return body(shard.slots[Int(slot)].dnode)
         }
     }
 
@@ -185,8 +213,8 @@ public final class DnodeCache: @unchecked Sendable {
     public func insertClean(_ dnode: Dnode) -> CachedDnode {
         shard(for: dnode.objectNumber).pointee.withLock { shard -> CachedDnode in
             if let slot = shard.index[dnode.objectNumber] {
-                let entry = shard.slots[Int(slot)]!
-                return entry.dnode.map { .present($0) } ?? .destroyed
+                let entry = shard.slots[Int(slot)]
+                return entry.isDestroyed ? .destroyed : .present(entry.dnode)
             }
             Self.insert(Entry(objectNumber: dnode.objectNumber, dnode: dnode, dirtyCheckpoint: 0, chargedBytes: 0, referenced: false),
                         into: &shard)
@@ -209,11 +237,11 @@ public final class DnodeCache: @unchecked Sendable {
     private func store(object: UInt64, dnode: Dnode?, checkpoint: UInt64) {
         shard(for: object).pointee.withLock { shard in
             if let slot = shard.index[object] {
-                var entry = shard.slots[Int(slot)]!
+                var entry = shard.slots[Int(slot)]
                 precondition(checkpoint >= entry.dirtyCheckpoint,
                              "object \(object): dirtied in checkpoint \(checkpoint) after checkpoint \(entry.dirtyCheckpoint)")
                 Self.uncharge(entry, from: &shard)
-                entry.dnode = dnode
+                entry.set(dnode)
                 entry.dirtyCheckpoint = checkpoint
                 entry.referenced = true
                 Self.charge(&entry, to: &shard)
@@ -230,7 +258,7 @@ public final class DnodeCache: @unchecked Sendable {
     public func invalidate(_ object: UInt64) {
         shard(for: object).pointee.withLock { shard in
             guard let slot = shard.index[object] else { return }
-            precondition(shard.slots[Int(slot)]!.dirtyCheckpoint == 0, "object \(object): invalidating a dirty dnode")
+            precondition(shard.slots[Int(slot)].dirtyCheckpoint == 0, "object \(object): invalidating a dirty dnode")
             Self.remove(slot: Int(slot), from: &shard)
         }
     }
@@ -243,8 +271,8 @@ public final class DnodeCache: @unchecked Sendable {
         var result: [DirtyDnode] = []
         for index in 0 ..< settings.shardCount {
             (shards + index * shardStride).assumingMemoryBound(to: Mutex<Shard>.self).pointee.withLock { shard in
-                for case let entry? in shard.slots where entry.dirtyCheckpoint != 0 && entry.dirtyCheckpoint <= checkpoint {
-                    result.append(DirtyDnode(objectNumber: entry.objectNumber, dnode: entry.dnode, checkpoint: entry.dirtyCheckpoint))
+                for entry in shard.slots where entry.isOccupied && entry.dirtyCheckpoint != 0 && entry.dirtyCheckpoint <= checkpoint {
+                    result.append(DirtyDnode(objectNumber: entry.objectNumber, dnode: entry.storedDnode, checkpoint: entry.dirtyCheckpoint))
                 }
             }
         }
@@ -258,8 +286,10 @@ public final class DnodeCache: @unchecked Sendable {
         for index in 0 ..< settings.shardCount {
             (shards + index * shardStride).assumingMemoryBound(to: Mutex<Shard>.self).pointee.withLock { shard in
                 for slot in shard.slots.indices {
-                    guard var entry = shard.slots[slot], entry.dirtyCheckpoint != 0, entry.dirtyCheckpoint <= checkpoint else { continue }
-                    if entry.dnode == nil {
+                    guard shard.slots[slot].isOccupied, shard.slots[slot].dirtyCheckpoint != 0,
+                          shard.slots[slot].dirtyCheckpoint <= checkpoint else { continue }
+                    var entry = shard.slots[slot]
+                    if entry.isDestroyed {
                         Self.remove(slot: slot, from: &shard)
                         continue
                     }
@@ -293,7 +323,7 @@ public final class DnodeCache: @unchecked Sendable {
     // MARK: Shard internals (called with the shard's lock held)
 
     private static func charge(_ entry: inout Entry, to shard: inout Shard) {
-        entry.chargedBytes = entryOverheadBytes + (entry.dnode?.residentBytes ?? 0) - (entry.dnode == nil ? 0 : MemoryLayout<Dnode>.stride)
+        entry.chargedBytes = entryOverheadBytes + (entry.isDestroyed ? 0 : entry.dnode.residentBytes - MemoryLayout<Dnode>.stride)
         shard.residentBytes += entry.chargedBytes
         if entry.dirtyCheckpoint != 0 {
             shard.dirtyBytes += entry.chargedBytes
@@ -322,7 +352,7 @@ public final class DnodeCache: @unchecked Sendable {
         let slot: Int
         if let free = shard.freeSlots.popLast() {
             slot = Int(free)
-            precondition(shard.slots[slot] == nil, "free dnode-cache slot \(slot) is occupied")
+            precondition(!shard.slots[slot].isOccupied, "free dnode-cache slot \(slot) is occupied")
             shard.slots[slot] = entry
         } else {
             slot = shard.slots.count
@@ -336,10 +366,11 @@ public final class DnodeCache: @unchecked Sendable {
     }
 
     private static func remove(slot: Int, from shard: inout Shard) {
-        let entry = shard.slots[slot]!
+        let entry = shard.slots[slot]
+        precondition(entry.isOccupied, "removing vacant dnode-cache slot \(slot)")
         uncharge(entry, from: &shard)
         shard.index[entry.objectNumber] = nil
-        shard.slots[slot] = nil
+        shard.slots[slot] = Entry.vacant
         shard.freeSlots.append(Int32(slot))
         shard.statistics.cachedCount = shard.index.count
     }
@@ -353,9 +384,9 @@ public final class DnodeCache: @unchecked Sendable {
             steps -= 1
             let slot = shard.hand
             shard.hand = (shard.hand + 1) % shard.slots.count
-            guard slot != protecting, let entry = shard.slots[slot], entry.dirtyCheckpoint == 0 else { continue }
-            if entry.referenced {
-                shard.slots[slot]!.referenced = false
+            guard slot != protecting, shard.slots[slot].isOccupied, shard.slots[slot].dirtyCheckpoint == 0 else { continue }
+            if shard.slots[slot].referenced {
+                shard.slots[slot].referenced = false
                 continue
             }
             remove(slot: slot, from: &shard)
