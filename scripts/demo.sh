@@ -28,7 +28,7 @@ echo "== pool import"
 .build/release/strata-perf pool-import --repeats 10
 echo
 echo "== the object store: durable transactions (1 MiB new objects, 4 KiB overwrites) vs fio, a checkpoint, replay"
-.build/release/strata-perf dmu --dir /tmp --size 2G --seconds 1 --rounds 1 --replay-bytes 128M
+.build/release/strata-perf dmu --dir /tmp --size 8G --seconds 1 --rounds 1 --replay-bytes 128M
 echo
 echo "== strata pool check of the demo pool"
 .build/release/strata pool check --dir "$dir"

@@ -65,18 +65,22 @@ final class StagingBuffers: @unchecked Sendable {
 extension ObjectStore {
     // MARK: The checkpoint reserve
 
-    /// Takes the checkpoint reserve if it is not held; false when the pool has no room for it.
+    /// Takes the checkpoint reserve if it is not held; false when the pool has no room for it,
+    /// or while a checkpoint is using it (between `releaseReserves` in the switch and its commit:
+    /// a transaction taking it back then would leave the checkpoint without room).
     @discardableResult
-    func takeReserves() -> Bool {
+    func takeReserves(forCheckpoint: Bool = false) -> Bool {
         stateLock.lock()
         defer { stateLock.unlock() }
         guard reserves.isEmpty else { return true }
+        if reserveLentToCheckpoint && !forCheckpoint { return false }
         let unit: UInt64 = 1 << 20
         do {
             let metadata = try pool.allocator.reserve(.metadata, extentCount: Int(limits.metadataReserveBytes / unit), lengthBytes: unit)
             do {
                 let data = try pool.allocator.reserve(.data, extentCount: Int(limits.dataReserveBytes / unit), lengthBytes: unit)
                 reserves = [metadata, data]
+                reserveLentToCheckpoint = false
             } catch {
                 pool.allocator.release(metadata)
                 return false
@@ -87,11 +91,13 @@ extension ObjectStore {
         return true
     }
 
-    /// Hands the reserve back to the allocator (the checkpoint's switch, close).
-    func releaseReserves() {
+    /// Hands the reserve back to the allocator (the checkpoint's switch, close). With
+    /// `forCheckpoint`, only the checkpoint may take it again (`takeReserves(forCheckpoint:)`).
+    func releaseReserves(forCheckpoint: Bool = false) {
         stateLock.lock()
         let held = reserves
         reserves = []
+        reserveLentToCheckpoint = forCheckpoint
         stateLock.unlock()
         for reservation in held { pool.allocator.release(reservation) }
     }
@@ -260,7 +266,7 @@ extension ObjectStore {
                      "open checkpoint \(checkpoint) does not follow the pool's \(pool.uberblock.checkpoint)")
 
         // The reserve exists for this moment: the switch's allocations may use it.
-        releaseReserves()
+        releaseReserves(forCheckpoint: true)
         var pageRuns: [PageRun] = []
         let prepared: PreparedCheckpoint
         let logRoot: BlockPointer
@@ -285,6 +291,7 @@ extension ObjectStore {
                 quiescing = false
                 stateLock.broadcast()
             }
+            stateLock.withLock { reserveLentToCheckpoint = false }
             fail("checkpoint \(checkpoint) could not be cut: \(error)")
             throw error
         }
@@ -327,7 +334,11 @@ extension ObjectStore {
             stripe.unlock()
         }
         trimObjectStates()
-        takeReserves()          // false: transactions that allocate wait for space (Transaction.start)
+        if !takeReserves(forCheckpoint: true) {
+            // No room for it yet: transactions wait for frees (Transaction.start); the next
+            // checkpoint tries again.
+            stateLock.withLock { reserveLentToCheckpoint = false }
+        }
         let totalNs = Monitor.nowNs() - startNs
         stateLock.withLock {
             dirtyPageBytes -= releasedPages * Page.bytes

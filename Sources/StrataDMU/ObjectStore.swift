@@ -340,6 +340,8 @@ public final class ObjectStore: @unchecked Sendable {
     /// The held checkpoint reserve (released during a checkpoint's switch, taken again after);
     /// empty when it could not be taken — then transactions that allocate are refused.
     var reserves: [Reservation] = []
+    /// The reserve was released for a checkpoint's switch: only that checkpoint takes it again.
+    var reserveLentToCheckpoint = false
     let limits: StoreLimits
 
     static let metaKey: [UInt8] = Array("meta".utf8)

@@ -134,8 +134,10 @@ public final class Transaction {
                 }
             }
             guard let failure else { break }
+            try store.checkUsable()
             if deadline == 0 { deadline = Monitor.nowNs() + store.settings.throttleWaitNsMax }
-            guard Monitor.nowNs() < deadline, store.pool.allocator.statistics().devices.contains(where: { $0.deferredBytes > 0 }) else {
+            guard Monitor.nowNs() < deadline,
+                  !store.holdsReserves || store.pool.allocator.statistics().devices.contains(where: { $0.deferredBytes > 0 }) else {
                 throw .noSpace(failure)
             }
             try store.checkpointsForSpace()
