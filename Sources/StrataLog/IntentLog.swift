@@ -117,6 +117,8 @@ public final class IntentLog: @unchecked Sendable {
     public let logIdentity: UInt64
     let poolUUID: PoolUUID
     let monitor = LogMonitor()
+    /// Per-waiter parking slots of `sync()` (LogWaiters.swift).
+    let waiters = LogWaiters()
     let batches: [Batch]
 
     // MARK: State (guarded by `monitor`)
@@ -155,6 +157,10 @@ public final class IntentLog: @unchecked Sendable {
     var isClosed = false
     var writerBusy = false
     var writerIdle = false
+    /// Threads waiting on the monitor's `.room` and `.durable` conditions (broadcast only when
+    /// someone waits).
+    var roomWaiterCount = 0
+    var overflowWaiterCount = 0
     var checkpointRequestArmed = true
     var checkpointHandler: CheckpointRequestHandler?
     var stats = LogStatistics()
@@ -278,8 +284,7 @@ public final class IntentLog: @unchecked Sendable {
     /// Bounded by `appendWaitNsMax`.
     public func sync() throws(LogError) {
         monitor.lock()
-        defer { monitor.unlock() }
-        try waitDurableLocked(through: nextLSN - 1)
+        try waitDurableThenUnlock(through: nextLSN - 1)
     }
 
     /// Asks for a batch now (everything appended so far) without waiting for it. With the
@@ -290,14 +295,9 @@ public final class IntentLog: @unchecked Sendable {
         defer { monitor.unlock() }
         requestedLSN = max(requestedLSN, nextLSN - 1)
         if settings.writer == .callerLeads {
-            if !writerBusy && !batches[openBatch].isEmpty && failure == nil {
-                writerBusy = true
-                writeBatchLocked()
-                writerBusy = false
-                monitor.broadcast()
-            }
-        } else if writerIdle {
-            monitor.broadcast()
+            if !writerBusy && !batches[openBatch].isEmpty && failure == nil { leadBatchLocked() }
+        } else {
+            wakeWriterLocked()
         }
     }
 
@@ -306,9 +306,10 @@ public final class IntentLog: @unchecked Sendable {
         var syncError: LogError? = nil
         monitor.lock()
         if !isClosed {
-            do throws(LogError) { try waitDurableLocked(through: nextLSN - 1) } catch { syncError = error }
+            do throws(LogError) { try waitDurableThenUnlock(through: nextLSN - 1) } catch { syncError = error }
+            monitor.lock()
             isClosed = true
-            monitor.broadcast()
+            wakeEveryoneLocked()
         }
         let thread = writerThread
         writerThread = nil
@@ -355,7 +356,7 @@ public final class IntentLog: @unchecked Sendable {
         let batch = batches[openBatch]
         let lsn = placeLocked(batch, type: type, transactionID: transactionID, payload: payload, payloadChecksum: payloadChecksum, size: size)
         if let onDurable { batch.callbacks.append((lsn, onDurable)) }
-        if writerIdle && settings.batchDelayNs == 0 { monitor.signal() }
+        if settings.batchDelayNs == 0 { wakeWriterLocked() }
         return lsn
     }
 
@@ -393,7 +394,7 @@ public final class IntentLog: @unchecked Sendable {
         }
         batch.flushMask |= flushMask
         if let onDurable { batch.callbacks.append((last, onDurable)) }
-        if writerIdle && settings.batchDelayNs == 0 { monitor.signal() }
+        if settings.batchDelayNs == 0 { wakeWriterLocked() }
         return first...last
     }
 
@@ -406,15 +407,15 @@ public final class IntentLog: @unchecked Sendable {
             if let failure { throw .failed(failure.description) }
             if isClosed { throw .closed }
             if settings.writer == .callerLeads && !writerBusy {
-                writerBusy = true                       // this caller leads one batch
-                writeBatchLocked()
-                writerBusy = false
-                monitor.broadcast()
+                leadBatchLocked()                       // this caller leads one batch
                 continue
             }
             if deadlineNs == 0 { deadlineNs = LogMonitor.nowNs() + settings.appendWaitNsMax }
-            if writerIdle { monitor.broadcast() }
-            if !monitor.wait(untilNs: deadlineNs) && batches[openBatch].usedBytes + size > settings.batchBytesMax {
+            wakeWriterLocked()
+            roomWaiterCount += 1
+            let woken = monitor.wait(.room, untilNs: deadlineNs)
+            roomWaiterCount -= 1
+            if !woken && batches[openBatch].usedBytes + size > settings.batchBytesMax {
                 throw timeoutError(waitedNs: settings.appendWaitNsMax)
             }
         }
@@ -445,28 +446,87 @@ public final class IntentLog: @unchecked Sendable {
         return .appendTimedOut(waitedNs: waitedNs, batchBytesMax: settings.batchBytesMax)
     }
 
-    /// Waits (lock held) until `lsn` is durable, leading batches in `callerLeads` mode.
-    func waitDurableLocked(through lsn: LSN) throws(LogError) {
+    /// Waits (lock held on entry, released on return or throw) until `lsn` is durable, leading
+    /// batches in `callerLeads` mode. Parks on a per-waiter slot (LogWaiters.swift) that the
+    /// writer posts once `lsn` is durable, and returns from it without retaking the lock; with
+    /// every slot taken, waits on the `.durable` condition. Bounded by `appendWaitNsMax`.
+    func waitDurableThenUnlock(through lsn: LSN) throws(LogError) {
         requestedLSN = max(requestedLSN, lsn)
         var deadlineNs: UInt64 = 0
         while lastDurableLSN < lsn {
-            if let failure { throw .failed(failure.description) }
+            if let failure {
+                monitor.unlock()
+                throw .failed(failure.description)
+            }
             if settings.writer == .callerLeads {
                 if !writerBusy && !batches[openBatch].isEmpty {
-                    writerBusy = true
-                    writeBatchLocked()
-                    writerBusy = false
-                    monitor.broadcast()
+                    leadBatchLocked()
                     continue
                 }
-            } else if writerIdle {
-                monitor.broadcast()
+            } else {
+                wakeWriterLocked()
             }
             if deadlineNs == 0 { deadlineNs = LogMonitor.nowNs() + settings.appendWaitNsMax }
-            if !monitor.wait(untilNs: deadlineNs) && lastDurableLSN < lsn && failure == nil {
+            guard let slot = waiters.claim() else {
+                overflowWaiterCount += 1
+                let woken = monitor.wait(.durable, untilNs: deadlineNs)
+                overflowWaiterCount -= 1
+                if !woken && lastDurableLSN < lsn && failure == nil {
+                    monitor.unlock()
+                    throw timeoutError(waitedNs: settings.appendWaitNsMax)
+                }
+                continue
+            }
+            waiters.arm(slot, through: lsn)
+            monitor.unlock()
+            var outcome = waiters.park(slot, untilNs: deadlineNs)
+            if outcome == .durable {                    // the writer saw `lsn` durable: done
+                waiters.release(slot)
+                return
+            }
+            monitor.lock()
+            if outcome == .none && !waiters.disarm(slot) {
+                outcome = waiters.park(slot, untilNs: nil)  // posted as we timed out: consume it
+            }
+            waiters.release(slot)
+            if outcome == .none && lastDurableLSN < lsn && failure == nil {
+                monitor.unlock()
                 throw timeoutError(waitedNs: settings.appendWaitNsMax)
             }
         }
+        monitor.unlock()
+    }
+
+    /// Leads one batch on this thread (`callerLeads`, lock held, nobody else writing), then
+    /// hands the lead on: one waiter whose LSN is not durable yet is woken to lead the next
+    /// batch, and appenders waiting for room retry.
+    func leadBatchLocked() {
+        precondition(settings.writer == .callerLeads && !writerBusy, "leading a batch while another writer is busy")
+        writerBusy = true
+        writeBatchLocked()
+        writerBusy = false
+        if !batches[openBatch].isEmpty {
+            let successor = waiters.takeLowest()
+            if successor != 0 { waiters.post(successor, .recheck) }
+            if overflowWaiterCount > 0 { monitor.broadcast(.durable) }
+        }
+        if roomWaiterCount > 0 { monitor.broadcast(.room) }
+    }
+
+    /// Wakes the dedicated writer if it is idle (lock held). Only the writer waits on `.writer`.
+    func wakeWriterLocked() {
+        guard writerIdle else { return }
+        writerIdle = false                              // one signal is enough until it waits again
+        monitor.signal(.writer)
+    }
+
+    /// Wakes every waiter of every kind (lock held): the log failed or closed.
+    func wakeEveryoneLocked() {
+        monitor.broadcast(.writer)
+        monitor.broadcast(.room)
+        monitor.broadcast(.durable)
+        let all = waiters.takeAll()
+        if all != 0 { waiters.post(all, .recheck) }
     }
 
     func usageLocked() -> LogUsage {
