@@ -100,9 +100,15 @@ extension IntentLog {
         stats.batchRecordCountHistogram[min(Int.bitWidth - 1 - batch.recordCount.leadingZeroBitCount, 19)] += 1
         batch.reset()
         // Wake only the `sync()` waiters this batch satisfied (LogWaiters.swift).
+        // Posted outside the lock, so appenders are not held behind the writer's wakeups; a
+        // waiter that times out meanwhile finds its slot disarmed and waits for this post.
         let satisfied = waiters.takeDurable(through: lastDurableLSN)
-        if satisfied != 0 { waiters.post(satisfied, .durable) }
         if overflowWaiterCount > 0 { monitor.broadcast(.durable) }
+        if satisfied != 0 {
+            monitor.unlock()
+            waiters.post(satisfied, .durable)
+            monitor.lock()
+        }
     }
 
     /// Writes one sealed block to every copy of its segment, durably (FUA, or write + flush).

@@ -351,12 +351,16 @@ public final class IntentLog: @unchecked Sendable {
         let size = LogBlock.recordBytes(payloadBytes: payload.count)
         let payloadChecksum = CRC32C.checksum(payload)      // outside the lock, in parallel
         monitor.lock()
-        defer { monitor.unlock() }
-        try waitForRoomLocked(bytes: size)
+        do throws(LogError) { try waitForRoomLocked(bytes: size) } catch {
+            monitor.unlock()
+            throw error
+        }
         let batch = batches[openBatch]
         let lsn = placeLocked(batch, type: type, transactionID: transactionID, payload: payload, payloadChecksum: payloadChecksum, size: size)
         if let onDurable { batch.callbacks.append((lsn, onDurable)) }
-        if settings.batchDelayNs == 0 { wakeWriterLocked() }
+        let wakesWriter = settings.batchDelayNs == 0 && takeWriterWakeLocked()
+        monitor.unlock()
+        if wakesWriter { monitor.signal(.writer) }      // after unlocking: the writer does not wake into a held lock
         return lsn
     }
 
@@ -380,8 +384,10 @@ public final class IntentLog: @unchecked Sendable {
             throw .recordTooLarge(payloadBytes: total - LogBlock.recordHeaderBytes, payloadBytesMax: settings.payloadBytesMax)
         }
         monitor.lock()
-        defer { monitor.unlock() }
-        try waitForRoomLocked(bytes: total)
+        do throws(LogError) { try waitForRoomLocked(bytes: total) } catch {
+            monitor.unlock()
+            throw error
+        }
         let batch = batches[openBatch]
         var first: LSN = 0
         var last: LSN = 0
@@ -394,7 +400,9 @@ public final class IntentLog: @unchecked Sendable {
         }
         batch.flushMask |= flushMask
         if let onDurable { batch.callbacks.append((last, onDurable)) }
-        if settings.batchDelayNs == 0 { wakeWriterLocked() }
+        let wakesWriter = settings.batchDelayNs == 0 && takeWriterWakeLocked()
+        monitor.unlock()
+        if wakesWriter { monitor.signal(.writer) }
         return first...last
     }
 
@@ -515,9 +523,16 @@ public final class IntentLog: @unchecked Sendable {
 
     /// Wakes the dedicated writer if it is idle (lock held). Only the writer waits on `.writer`.
     func wakeWriterLocked() {
-        guard writerIdle else { return }
+        if takeWriterWakeLocked() { monitor.signal(.writer) }
+    }
+
+    /// True when the dedicated writer is idle and the caller should signal `.writer` — now, or
+    /// just after unlocking (legal: the writer cannot leave its wait without a signal, so the
+    /// signal is not lost; at worst it wakes the writer once for nothing).
+    func takeWriterWakeLocked() -> Bool {
+        guard writerIdle else { return false }
         writerIdle = false                              // one signal is enough until it waits again
-        monitor.signal(.writer)
+        return true
     }
 
     /// Wakes every waiter of every kind (lock held): the log failed or closed.
