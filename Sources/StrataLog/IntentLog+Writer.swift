@@ -10,7 +10,9 @@
 //   - a segment is entered only if it exists (allocated before the first block naming it), and
 //     nothing is allocated while a checkpoint is pending (IntentLog+Checkpoint.swift);
 //   - callbacks fire after the write returned, before `lastDurableLSN` moves, so `sync()`
-//     returning means every earlier callback has run.
+//     returning means every earlier callback has run;
+//   - a `sync()` waiter's slot is posted `.durable` only after `lastDurableLSN` covers its LSN
+//     (taken from the armed set under the lock, posted just after releasing it).
 
 import StrataIO
 import StrataPool

@@ -21,7 +21,18 @@
 // other one — appends continue into it while the batch is written — places the block (same
 // segment, or the next one when it does not fit), seals it and writes it with one FUA write per
 // copy (or one write plus one flush). Once that returns the batch is durable; its callbacks
-// fire in LSN order on the writer's thread, then `durableLSN` moves and `sync()` waiters wake.
+// fire in LSN order on the writer's thread, then `durableLSN` moves and the `sync()` waiters
+// whose LSN it now covers wake.
+//
+// Wakeups. Each kind of waiter is woken only by the event it waits for (LogMonitor.swift,
+// LogWaiters.swift): a `sync()` caller parks on its own slot, armed with its LSN, and the
+// writer posts exactly the slots the batch satisfied (after releasing the lock; a posted waiter
+// returns without retaking it); appenders waiting for room wait on `.room`, broadcast when the
+// buffers swap and only if someone waits; the writer alone waits on `.writer`, signalled (after
+// the appender unlocks) only when it is idle. Failure and close wake everyone. In `callerLeads`
+// mode the caller that finishes leading a batch hands the lead on by waking one waiter whose LSN
+// is not durable yet. With a single broadcast per batch instead, every waiter woke on every
+// batch and 16 threads on a fast device did no better than one (docs/intent-log.md).
 //
 // Ordering. One writer, one batch in flight: batch k+1 is written only after batch k is
 // durable, and records enter batches in LSN order. So if A was appended before B, B durable ⇒
@@ -50,8 +61,10 @@
 //     between `beginCheckpoint` and `checkpointCommitted`, so "listed in the head" and "counted
 //     by the checkpoint's space maps" are the same set (IntentLog+Checkpoint.swift).
 //
-// Concurrency: all mutable state below is guarded by `monitor` (a pthread mutex + condition);
-// I/O and callbacks run outside it. Lock order: log → allocator / pool state.
+// Concurrency: all mutable state below is guarded by `monitor` (a pthread mutex and three
+// conditions), except the waiter slots' parkers and free mask (LogWaiters.swift); I/O,
+// callbacks and parking run outside it. Lock order: log → allocator / pool state; log → a
+// waiter slot's parker (posting under the log lock happens only on failure and close).
 
 import StrataIO
 import StrataPool

@@ -9,15 +9,16 @@
 // Protocol. A waiter claims a free slot (lock-free: `freeMask`), then under the log's monitor
 // arms it with the LSN it waits for (`targetLSN`, `armedMask`), releases the monitor, and parks
 // on its slot. Whoever moves `lastDurableLSN` (the writer, under the monitor) takes the armed
-// slots whose LSN is now durable (`takeDurable`: disarms them) and posts each one `.durable`;
-// failure and close post every armed slot `.recheck`; in `callerLeads` mode the caller that
-// finishes leading posts one not-yet-durable slot `.recheck` so that it leads the next batch.
-// A posted `.durable` waiter returns without touching the log's monitor again. Every post
-// follows a disarm done under the monitor, so a slot is posted at most once per arming; a waiter
-// whose bounded park timed out takes the monitor and disarms its slot — if it was no longer
-// armed, a post is on its way (or done) and it consumes it before releasing the slot, so a free
-// slot never holds a stale post. When all `slotCountMax` slots are taken, `sync()` falls back
-// to the monitor's `.durable` condition (broadcast per batch while anyone waits there).
+// slots whose LSN is now durable (`takeDurable`: disarms them) and, just after releasing the
+// monitor, posts each one `.durable`; failure and close post every armed slot `.recheck`; in
+// `callerLeads` mode the caller that finishes leading posts one not-yet-durable slot `.recheck`
+// so that it leads the next batch. A posted `.durable` waiter returns without touching the
+// log's monitor again. Every post follows a disarm done under the monitor, so a slot is posted
+// at most once per arming; a waiter whose bounded park timed out takes the monitor and disarms
+// its slot — if it was no longer armed, a post is on its way (or done) and it consumes it
+// before releasing the slot, so a free slot never holds a stale post. When all `slotCountMax`
+// slots are taken, `sync()` falls back to the monitor's `.durable` condition (broadcast per
+// batch while anyone waits there).
 //
 // Nothing is allocated after init: slots, parkers and masks are preallocated.
 
