@@ -1,4 +1,4 @@
-// Monitor — one pthread mutex and one condition variable, for locks held across calls and
+// Monitor — one pthread mutex and one or more condition variables, for locks held across calls and
 // bounded waits (the intent log's writer and waiters, the object store's gate and stripes).
 //
 // `Synchronization.Mutex` has no condition variable and can only be held inside a closure; a
@@ -15,40 +15,49 @@ import Glibc
 
 public final class Monitor: @unchecked Sendable {
     private let mutex: UnsafeMutablePointer<pthread_mutex_t>
-    private let condition: UnsafeMutablePointer<pthread_cond_t>
+    private let conditions: UnsafeMutablePointer<pthread_cond_t>
+    /// Number of condition variables (each kind of waiter can have its own, so that a wakeup
+    /// reaches only threads that can proceed; the intent log uses three).
+    public let conditionCount: Int
 
-    public init() {
+    public init(conditions conditionCount: Int = 1) {
+        precondition(conditionCount >= 1, "a monitor needs at least one condition")
+        self.conditionCount = conditionCount
         mutex = .allocate(capacity: 1)
-        condition = .allocate(capacity: 1)
+        conditions = .allocate(capacity: conditionCount)
         let mutexResult = pthread_mutex_init(mutex, nil)
         precondition(mutexResult == 0, "pthread_mutex_init: \(mutexResult)")
-        var attributes = pthread_condattr_t()
-        pthread_condattr_init(&attributes)
-        pthread_condattr_setclock(&attributes, CLOCK_MONOTONIC)
-        let conditionResult = pthread_cond_init(condition, &attributes)
-        precondition(conditionResult == 0, "pthread_cond_init: \(conditionResult)")
-        pthread_condattr_destroy(&attributes)
+        for index in 0..<conditionCount { Monitor.initMonotonicCondition(conditions + index) }
     }
 
     deinit {
-        pthread_cond_destroy(condition)
+        for index in 0..<conditionCount { pthread_cond_destroy(conditions + index) }
         pthread_mutex_destroy(mutex)
         mutex.deallocate()
-        condition.deallocate()
+        conditions.deallocate()
     }
 
     @inline(__always) public func lock() { pthread_mutex_lock(mutex) }
     @inline(__always) public func unlock() { pthread_mutex_unlock(mutex) }
-    public func broadcast() { pthread_cond_broadcast(condition) }
-    public func signal() { pthread_cond_signal(condition) }
+    public func broadcast(_ condition: Int = 0) {
+        assert(condition >= 0 && condition < conditionCount)
+        pthread_cond_broadcast(conditions + condition)
+    }
+    public func signal(_ condition: Int = 0) {
+        assert(condition >= 0 && condition < conditionCount)
+        pthread_cond_signal(conditions + condition)
+    }
 
-    /// Waits (lock held) until signalled.
-    public func wait() { pthread_cond_wait(condition, mutex) }
+    /// Waits (lock held) until `condition` is signalled.
+    public func wait(_ condition: Int = 0) {
+        assert(condition >= 0 && condition < conditionCount)
+        pthread_cond_wait(conditions + condition, mutex)
+    }
 
     /// Waits (lock held) until signalled or `deadlineNs` (monotonic) passes; false on timeout.
-    public func wait(untilNs deadlineNs: UInt64) -> Bool {
-        var deadline = timespec(tv_sec: Int(deadlineNs / 1_000_000_000), tv_nsec: Int(deadlineNs % 1_000_000_000))
-        return pthread_cond_timedwait(condition, mutex, &deadline) != ETIMEDOUT
+    public func wait(_ condition: Int = 0, untilNs deadlineNs: UInt64) -> Bool {
+        assert(condition >= 0 && condition < conditionCount)
+        return Monitor.timedWait(conditions + condition, mutex, untilNs: deadlineNs)
     }
 
     /// Runs `body` with the lock held.
@@ -56,6 +65,24 @@ public final class Monitor: @unchecked Sendable {
         lock()
         defer { unlock() }
         return try body()
+    }
+
+    /// Initializes a condition variable on CLOCK_MONOTONIC (for callers that keep their own
+    /// arrays of conditions, such as the intent log's per-waiter slots).
+    public static func initMonotonicCondition(_ condition: UnsafeMutablePointer<pthread_cond_t>) {
+        var attributes = pthread_condattr_t()
+        pthread_condattr_init(&attributes)
+        pthread_condattr_setclock(&attributes, CLOCK_MONOTONIC)
+        let result = pthread_cond_init(condition, &attributes)
+        precondition(result == 0, "pthread_cond_init: \(result)")
+        pthread_condattr_destroy(&attributes)
+    }
+
+    /// `pthread_cond_timedwait` on a monotonic condition (`mutex` held); false on timeout.
+    public static func timedWait(_ condition: UnsafeMutablePointer<pthread_cond_t>,
+                                 _ mutex: UnsafeMutablePointer<pthread_mutex_t>, untilNs deadlineNs: UInt64) -> Bool {
+        var deadline = timespec(tv_sec: Int(deadlineNs / 1_000_000_000), tv_nsec: Int(deadlineNs % 1_000_000_000))
+        return pthread_cond_timedwait(condition, mutex, &deadline) != ETIMEDOUT
     }
 
     /// CLOCK_MONOTONIC in nanoseconds (the clock of `wait(untilNs:)`).

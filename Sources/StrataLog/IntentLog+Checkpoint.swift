@@ -74,7 +74,7 @@ extension IntentLog {
             } catch {
                 monitor.lock()
                 failure = .io(error)
-                monitor.broadcast()
+                wakeEveryoneLocked()
                 monitor.unlock()
                 throw .io(error)
             }
@@ -103,7 +103,7 @@ extension IntentLog {
         pending = nil
         isAnchored = true
         checkpointRequestArmed = true
-        monitor.broadcast()
+        monitor.broadcast(.writer)                  // a writer waiting for segments may allocate again
     }
 
     /// The head the newest committed uberblock should name (null before the first checkpoint).

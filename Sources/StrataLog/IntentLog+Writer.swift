@@ -10,7 +10,9 @@
 //   - a segment is entered only if it exists (allocated before the first block naming it), and
 //     nothing is allocated while a checkpoint is pending (IntentLog+Checkpoint.swift);
 //   - callbacks fire after the write returned, before `lastDurableLSN` moves, so `sync()`
-//     returning means every earlier callback has run.
+//     returning means every earlier callback has run;
+//   - a `sync()` waiter's slot is posted `.durable` only after `lastDurableLSN` covers its LSN
+//     (taken from the armed set under the lock, posted just after releasing it).
 
 import StrataIO
 import StrataPool
@@ -24,15 +26,14 @@ extension IntentLog {
                 writerIdle = true
                 let batch = batches[openBatch]
                 if settings.batchDelayNs > 0 && !batch.isEmpty {
-                    _ = monitor.wait(untilNs: batch.openedNs + settings.batchDelayNs)
+                    _ = monitor.wait(.writer, untilNs: batch.openedNs + settings.batchDelayNs)
                 } else {
-                    monitor.wait()
+                    monitor.wait(.writer)
                 }
                 writerIdle = false
             }
             if failure != nil || (isClosed && batches[openBatch].isEmpty) { break }
             writeBatchLocked()
-            monitor.broadcast()
         }
         monitor.unlock()
     }
@@ -53,7 +54,7 @@ extension IntentLog {
         let batch = batches[index]
         precondition(!batch.isEmpty && batches[1 - index].isEmpty, "writer found batch \(index) empty or the other one busy")
         openBatch = 1 - index
-        monitor.broadcast()                         // appenders waiting for room: the other buffer is open
+        if roomWaiterCount > 0 { monitor.broadcast(.room) }     // the other buffer is open
         let blockBytes = (batch.usedBytes + LogBlock.unitBytes - 1) / LogBlock.unitBytes * LogBlock.unitBytes
         let segmentBytes = settings.segmentBytes
 
@@ -89,7 +90,7 @@ extension IntentLog {
         monitor.lock()
         if let ioError {
             failure = .io(ioError)
-            monitor.broadcast()
+            wakeEveryoneLocked()
             return
         }
         previousChecksum = checksum
@@ -100,7 +101,16 @@ extension IntentLog {
         stats.payloadBytes += batch.payloadBytes
         stats.batchRecordCountHistogram[min(Int.bitWidth - 1 - batch.recordCount.leadingZeroBitCount, 19)] += 1
         batch.reset()
-        monitor.broadcast()
+        // Wake only the `sync()` waiters this batch satisfied (LogWaiters.swift).
+        // Posted outside the lock, so appenders are not held behind the writer's wakeups; a
+        // waiter that times out meanwhile finds its slot disarmed and waits for this post.
+        let satisfied = waiters.takeDurable(through: lastDurableLSN)
+        if overflowWaiterCount > 0 { monitor.broadcast(.durable) }
+        if satisfied != 0 {
+            monitor.unlock()
+            waiters.post(satisfied, .durable)
+            monitor.lock()
+        }
     }
 
     /// Writes one sealed block to every copy of its segment, durably (FUA, or write + flush).
@@ -137,7 +147,7 @@ extension IntentLog {
             if failure != nil { return false }
             if isClosed {                                   // close gave up waiting (sync timed out)
                 failure = .closed
-                monitor.broadcast()
+                wakeEveryoneLocked()
                 return false
             }
             if tryAllocateNextSegmentLocked(required: true) { break }
@@ -156,7 +166,7 @@ extension IntentLog {
                 monitor.lock()
                 if currentSegment + 1 < segments.count { break }
             }
-            _ = monitor.wait(untilNs: Monitor.nowNs() + 100_000_000)
+            _ = monitor.wait(.writer, untilNs: Monitor.nowNs() + 100_000_000)
         }
         currentSegment += 1
         writeOffset = 0
@@ -177,7 +187,7 @@ extension IntentLog {
         } catch {
             if required {
                 failure = .noSpace("no log segment of \(settings.segmentBytes) bytes: \(error)")
-                monitor.broadcast()
+                wakeEveryoneLocked()
             }
             return false
         }

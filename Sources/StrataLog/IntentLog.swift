@@ -21,7 +21,18 @@
 // other one — appends continue into it while the batch is written — places the block (same
 // segment, or the next one when it does not fit), seals it and writes it with one FUA write per
 // copy (or one write plus one flush). Once that returns the batch is durable; its callbacks
-// fire in LSN order on the writer's thread, then `durableLSN` moves and `sync()` waiters wake.
+// fire in LSN order on the writer's thread, then `durableLSN` moves and the `sync()` waiters
+// whose LSN it now covers wake.
+//
+// Wakeups. Each kind of waiter is woken only by the event it waits for (LogConditions.swift,
+// LogWaiters.swift): a `sync()` caller parks on its own slot, armed with its LSN, and the
+// writer posts exactly the slots the batch satisfied (after releasing the lock; a posted waiter
+// returns without retaking it); appenders waiting for room wait on `.room`, broadcast when the
+// buffers swap and only if someone waits; the writer alone waits on `.writer`, signalled (after
+// the appender unlocks) only when it is idle. Failure and close wake everyone. In `callerLeads`
+// mode the caller that finishes leading a batch hands the lead on by waking one waiter whose LSN
+// is not durable yet. With a single broadcast per batch instead, every waiter woke on every
+// batch and 16 threads on a fast device did no better than one (docs/intent-log.md).
 //
 // Ordering. One writer, one batch in flight: batch k+1 is written only after batch k is
 // durable, and records enter batches in LSN order. So if A was appended before B, B durable ⇒
@@ -50,8 +61,10 @@
 //     between `beginCheckpoint` and `checkpointCommitted`, so "listed in the head" and "counted
 //     by the checkpoint's space maps" are the same set (IntentLog+Checkpoint.swift).
 //
-// Concurrency: all mutable state below is guarded by `monitor` (a pthread mutex + condition);
-// I/O and callbacks run outside it. Lock order: log → allocator / pool state.
+// Concurrency: all mutable state below is guarded by `monitor` (a pthread mutex and three
+// conditions), except the waiter slots' parkers and free mask (LogWaiters.swift); I/O,
+// callbacks and parking run outside it. Lock order: log → allocator / pool state; log → a
+// waiter slot's parker (posting under the log lock happens only on failure and close).
 
 import StrataIO
 import StrataPool
@@ -116,7 +129,9 @@ public final class IntentLog: @unchecked Sendable {
     /// Random, drawn when the log was created; in every block and head of this log.
     public let logIdentity: UInt64
     let poolUUID: PoolUUID
-    let monitor = Monitor()
+    let monitor = Monitor.forLog()
+    /// Per-waiter parking slots of `sync()` (LogWaiters.swift).
+    let waiters = LogWaiters()
     let batches: [Batch]
 
     // MARK: State (guarded by `monitor`)
@@ -155,6 +170,10 @@ public final class IntentLog: @unchecked Sendable {
     var isClosed = false
     var writerBusy = false
     var writerIdle = false
+    /// Threads waiting on the monitor's `.room` and `.durable` conditions (broadcast only when
+    /// someone waits).
+    var roomWaiterCount = 0
+    var overflowWaiterCount = 0
     var checkpointRequestArmed = true
     var checkpointHandler: CheckpointRequestHandler?
     var stats = LogStatistics()
@@ -278,8 +297,7 @@ public final class IntentLog: @unchecked Sendable {
     /// Bounded by `appendWaitNsMax`.
     public func sync() throws(LogError) {
         monitor.lock()
-        defer { monitor.unlock() }
-        try waitDurableLocked(through: nextLSN - 1)
+        try waitDurableThenUnlock(through: nextLSN - 1)
     }
 
     /// Asks for a batch now (everything appended so far) without waiting for it. With the
@@ -290,14 +308,9 @@ public final class IntentLog: @unchecked Sendable {
         defer { monitor.unlock() }
         requestedLSN = max(requestedLSN, nextLSN - 1)
         if settings.writer == .callerLeads {
-            if !writerBusy && !batches[openBatch].isEmpty && failure == nil {
-                writerBusy = true
-                writeBatchLocked()
-                writerBusy = false
-                monitor.broadcast()
-            }
-        } else if writerIdle {
-            monitor.broadcast()
+            if !writerBusy && !batches[openBatch].isEmpty && failure == nil { leadBatchLocked() }
+        } else {
+            wakeWriterLocked()
         }
     }
 
@@ -306,9 +319,10 @@ public final class IntentLog: @unchecked Sendable {
         var syncError: LogError? = nil
         monitor.lock()
         if !isClosed {
-            do throws(LogError) { try waitDurableLocked(through: nextLSN - 1) } catch { syncError = error }
+            do throws(LogError) { try waitDurableThenUnlock(through: nextLSN - 1) } catch { syncError = error }
+            monitor.lock()
             isClosed = true
-            monitor.broadcast()
+            wakeEveryoneLocked()
         }
         let thread = writerThread
         writerThread = nil
@@ -350,12 +364,16 @@ public final class IntentLog: @unchecked Sendable {
         let size = LogBlock.recordBytes(payloadBytes: payload.count)
         let payloadChecksum = CRC32C.checksum(payload)      // outside the lock, in parallel
         monitor.lock()
-        defer { monitor.unlock() }
-        try waitForRoomLocked(bytes: size)
+        do throws(LogError) { try waitForRoomLocked(bytes: size) } catch {
+            monitor.unlock()
+            throw error
+        }
         let batch = batches[openBatch]
         let lsn = placeLocked(batch, type: type, transactionID: transactionID, payload: payload, payloadChecksum: payloadChecksum, size: size)
         if let onDurable { batch.callbacks.append((lsn, onDurable)) }
-        if writerIdle && settings.batchDelayNs == 0 { monitor.signal() }
+        let wakesWriter = settings.batchDelayNs == 0 && takeWriterWakeLocked()
+        monitor.unlock()
+        if wakesWriter { monitor.signal(.writer) }      // after unlocking: the writer does not wake into a held lock
         return lsn
     }
 
@@ -379,8 +397,10 @@ public final class IntentLog: @unchecked Sendable {
             throw .recordTooLarge(payloadBytes: total - LogBlock.recordHeaderBytes, payloadBytesMax: settings.payloadBytesMax)
         }
         monitor.lock()
-        defer { monitor.unlock() }
-        try waitForRoomLocked(bytes: total)
+        do throws(LogError) { try waitForRoomLocked(bytes: total) } catch {
+            monitor.unlock()
+            throw error
+        }
         let batch = batches[openBatch]
         var first: LSN = 0
         var last: LSN = 0
@@ -393,7 +413,9 @@ public final class IntentLog: @unchecked Sendable {
         }
         batch.flushMask |= flushMask
         if let onDurable { batch.callbacks.append((last, onDurable)) }
-        if writerIdle && settings.batchDelayNs == 0 { monitor.signal() }
+        let wakesWriter = settings.batchDelayNs == 0 && takeWriterWakeLocked()
+        monitor.unlock()
+        if wakesWriter { monitor.signal(.writer) }
         return first...last
     }
 
@@ -406,15 +428,15 @@ public final class IntentLog: @unchecked Sendable {
             if let failure { throw .failed(failure.description) }
             if isClosed { throw .closed }
             if settings.writer == .callerLeads && !writerBusy {
-                writerBusy = true                       // this caller leads one batch
-                writeBatchLocked()
-                writerBusy = false
-                monitor.broadcast()
+                leadBatchLocked()                       // this caller leads one batch
                 continue
             }
             if deadlineNs == 0 { deadlineNs = Monitor.nowNs() + settings.appendWaitNsMax }
-            if writerIdle { monitor.broadcast() }
-            if !monitor.wait(untilNs: deadlineNs) && batches[openBatch].usedBytes + size > settings.batchBytesMax {
+            wakeWriterLocked()
+            roomWaiterCount += 1
+            let woken = monitor.wait(.room, untilNs: deadlineNs)
+            roomWaiterCount -= 1
+            if !woken && batches[openBatch].usedBytes + size > settings.batchBytesMax {
                 throw timeoutError(waitedNs: settings.appendWaitNsMax)
             }
         }
@@ -445,28 +467,94 @@ public final class IntentLog: @unchecked Sendable {
         return .appendTimedOut(waitedNs: waitedNs, batchBytesMax: settings.batchBytesMax)
     }
 
-    /// Waits (lock held) until `lsn` is durable, leading batches in `callerLeads` mode.
-    func waitDurableLocked(through lsn: LSN) throws(LogError) {
+    /// Waits (lock held on entry, released on return or throw) until `lsn` is durable, leading
+    /// batches in `callerLeads` mode. Parks on a per-waiter slot (LogWaiters.swift) that the
+    /// writer posts once `lsn` is durable, and returns from it without retaking the lock; with
+    /// every slot taken, waits on the `.durable` condition. Bounded by `appendWaitNsMax`.
+    func waitDurableThenUnlock(through lsn: LSN) throws(LogError) {
         requestedLSN = max(requestedLSN, lsn)
         var deadlineNs: UInt64 = 0
         while lastDurableLSN < lsn {
-            if let failure { throw .failed(failure.description) }
+            if let failure {
+                monitor.unlock()
+                throw .failed(failure.description)
+            }
             if settings.writer == .callerLeads {
                 if !writerBusy && !batches[openBatch].isEmpty {
-                    writerBusy = true
-                    writeBatchLocked()
-                    writerBusy = false
-                    monitor.broadcast()
+                    leadBatchLocked()
                     continue
                 }
-            } else if writerIdle {
-                monitor.broadcast()
+            } else {
+                wakeWriterLocked()
             }
             if deadlineNs == 0 { deadlineNs = Monitor.nowNs() + settings.appendWaitNsMax }
-            if !monitor.wait(untilNs: deadlineNs) && lastDurableLSN < lsn && failure == nil {
+            guard let slot = waiters.claim() else {
+                overflowWaiterCount += 1
+                let woken = monitor.wait(.durable, untilNs: deadlineNs)
+                overflowWaiterCount -= 1
+                if !woken && lastDurableLSN < lsn && failure == nil {
+                    monitor.unlock()
+                    throw timeoutError(waitedNs: settings.appendWaitNsMax)
+                }
+                continue
+            }
+            waiters.arm(slot, through: lsn)
+            monitor.unlock()
+            var outcome = waiters.park(slot, untilNs: deadlineNs)
+            if outcome == .durable {                    // the writer saw `lsn` durable: done
+                waiters.release(slot)
+                return
+            }
+            monitor.lock()
+            if outcome == .none && !waiters.disarm(slot) {
+                outcome = waiters.park(slot, untilNs: nil)  // posted as we timed out: consume it
+            }
+            waiters.release(slot)
+            if outcome == .none && lastDurableLSN < lsn && failure == nil {
+                monitor.unlock()
                 throw timeoutError(waitedNs: settings.appendWaitNsMax)
             }
         }
+        monitor.unlock()
+    }
+
+    /// Leads one batch on this thread (`callerLeads`, lock held, nobody else writing), then
+    /// hands the lead on: one waiter whose LSN is not durable yet is woken to lead the next
+    /// batch, and appenders waiting for room retry.
+    func leadBatchLocked() {
+        precondition(settings.writer == .callerLeads && !writerBusy, "leading a batch while another writer is busy")
+        writerBusy = true
+        writeBatchLocked()
+        writerBusy = false
+        if !batches[openBatch].isEmpty {
+            let successor = waiters.takeLowest()
+            if successor != 0 { waiters.post(successor, .recheck) }
+            if overflowWaiterCount > 0 { monitor.broadcast(.durable) }
+        }
+        if roomWaiterCount > 0 { monitor.broadcast(.room) }
+    }
+
+    /// Wakes the dedicated writer if it is idle (lock held). Only the writer waits on `.writer`.
+    func wakeWriterLocked() {
+        if takeWriterWakeLocked() { monitor.signal(.writer) }
+    }
+
+    /// True when the dedicated writer is idle and the caller should signal `.writer` — now, or
+    /// just after unlocking (legal: the writer cannot leave its wait without a signal, so the
+    /// signal is not lost; at worst it wakes the writer once for nothing).
+    func takeWriterWakeLocked() -> Bool {
+        guard writerIdle else { return false }
+        writerIdle = false                              // one signal is enough until it waits again
+        return true
+    }
+
+    /// Wakes every waiter of every kind (lock held): the log failed or closed.
+    func wakeEveryoneLocked() {
+        monitor.broadcast(.writer)
+        monitor.broadcast(.room)
+        monitor.broadcast(.durable)
+        let all = waiters.takeAll()
+        if all != 0 { waiters.post(all, .recheck) }
     }
 
     func usageLocked() -> LogUsage {
