@@ -5,8 +5,13 @@
 //
 // The cache is filled with --objects Lustre-shaped dnodes (LMA + PFID inline, as on an OST object,
 // plus a 40-byte inline extent) and every lookup hits. Each thread looks up objects in a
-// precomputed pseudo-random order (no generator cost in the loop) for --seconds, reading a field
-// of each copy so the lookup is not optimised away. Memory per cached dnode: the heap growth of
+// precomputed pseudo-random order (no generator cost in the loop) for --seconds, reading one
+// field so the lookup is not optimised away. Two paths are timed:
+//   - `withDnode` (borrowed, no copy): the path callers use (read a few fields under the lock);
+//   - `lookup` (a copy of the Dnode: retains and later releases its arrays), for comparison.
+// Each rate is given per wall-clock second and per second of the thread's CPU time
+// (CLOCK_THREAD_CPUTIME_ID): on a shared machine the second is the one that does not depend on how
+// many other processes compete for the cores. Memory per cached dnode: the heap growth of
 // filling the cache (resident set size before and after) divided by the count, next
 // to the cache's own accounting (what the memory bound is charged). Target (issue 6): ≥ 5 M
 // lookups/s on one core.
@@ -51,6 +56,11 @@ struct DnodeCacheBenchmark: ParsableCommand {
         var twoThreadPerThread: [Double]
         var oneThreadBorrowingLookupsPerSecond: Double
         var twoThreadBorrowingLookupsPerSecond: Double
+        /// The same rates per second of thread CPU time (two threads: summed).
+        var oneThreadLookupsPerCPUSecond: Double
+        var twoThreadLookupsPerCPUSecond: Double
+        var oneThreadBorrowingLookupsPerCPUSecond: Double
+        var twoThreadBorrowingLookupsPerCPUSecond: Double
         var heapBytesPerDnode: Double
         var chargedBytesPerDnode: Double
         var dnodeStructBytes: Int
@@ -96,24 +106,31 @@ struct DnodeCacheBenchmark: ParsableCommand {
             var generator = SplitMix(state: 0xD40D_E000 &+ UInt64(thread))
             return (0 ..< orderLength).map { _ in generator.next() % UInt64(count) }
         }
-        let one = Self.measure(cache: cache, orders: [orders[0]], seconds: duration)
-        let two = Self.measure(cache: cache, orders: orders, seconds: duration)
         let oneBorrowing = Self.measure(cache: cache, orders: [orders[0]], seconds: duration, borrowing: true)
         let twoBorrowing = Self.measure(cache: cache, orders: orders, seconds: duration, borrowing: true)
+        let one = Self.measure(cache: cache, orders: [orders[0]], seconds: duration)
+        let two = Self.measure(cache: cache, orders: orders, seconds: duration)
+        func sum(_ rates: [Rate], _ part: KeyPath<Rate, Double>) -> Double { rates.map { $0[keyPath: part] }.reduce(0, +) }
         let result = Result(objects: count, shards: settings.shardCount, seconds: duration,
-                            oneThreadLookupsPerSecond: one.reduce(0, +), twoThreadLookupsPerSecond: two.reduce(0, +),
-                            twoThreadPerThread: two,
-                            oneThreadBorrowingLookupsPerSecond: oneBorrowing.reduce(0, +),
-                            twoThreadBorrowingLookupsPerSecond: twoBorrowing.reduce(0, +),
+                            oneThreadLookupsPerSecond: sum(one, \.wall), twoThreadLookupsPerSecond: sum(two, \.wall),
+                            twoThreadPerThread: two.map(\.wall),
+                            oneThreadBorrowingLookupsPerSecond: sum(oneBorrowing, \.wall),
+                            twoThreadBorrowingLookupsPerSecond: sum(twoBorrowing, \.wall),
+                            oneThreadLookupsPerCPUSecond: sum(one, \.cpu), twoThreadLookupsPerCPUSecond: sum(two, \.cpu),
+                            oneThreadBorrowingLookupsPerCPUSecond: sum(oneBorrowing, \.cpu),
+                            twoThreadBorrowingLookupsPerCPUSecond: sum(twoBorrowing, \.cpu),
                             heapBytesPerDnode: Double(heapAfter &- heapBefore) / Double(count),
                             chargedBytesPerDnode: Double(statistics.residentBytes) / Double(count),
                             dnodeStructBytes: MemoryLayout<Dnode>.stride)
 
         func millions(_ value: Double) -> String { String(format: "%.2f M", value / 1e6) }
         print("strata-perf dnode-cache | \(count) cached dnodes (LMA + PFID inline, 1 inline extent), \(settings.shardCount) shards, \(duration) s per measurement | \(ProcessInfo.processInfo.activeProcessorCount) CPUs")
-        print("1 thread:  \(millions(result.oneThreadLookupsPerSecond)) lookups/s (target ≥ 5 M)")
-        print("2 threads: \(millions(result.twoThreadLookupsPerSecond)) lookups/s (\(two.map(millions).joined(separator: " + ")))")
-        print("withDnode (borrowed, no copy): 1 thread \(millions(result.oneThreadBorrowingLookupsPerSecond)) lookups/s, 2 threads \(millions(result.twoThreadBorrowingLookupsPerSecond)) lookups/s")
+        print("withDnode (borrowed, no copy; the callers' path): 1 thread \(millions(result.oneThreadBorrowingLookupsPerSecond)) lookups/s "
+              + "(\(millions(result.oneThreadBorrowingLookupsPerCPUSecond)) per CPU-second; target ≥ 5 M), "
+              + "2 threads \(millions(result.twoThreadBorrowingLookupsPerSecond)) lookups/s (\(millions(result.twoThreadBorrowingLookupsPerCPUSecond)) per CPU-second)")
+        print("lookup (a copy): 1 thread \(millions(result.oneThreadLookupsPerSecond)) lookups/s (\(millions(result.oneThreadLookupsPerCPUSecond)) per CPU-second), "
+              + "2 threads \(millions(result.twoThreadLookupsPerSecond)) lookups/s (\(two.map(\.wall).map(millions).joined(separator: " + ")); "
+              + "\(millions(result.twoThreadLookupsPerCPUSecond)) per CPU-second)")
         print("memory: \(String(format: "%.0f", result.heapBytesPerDnode)) bytes per cached dnode measured (RSS growth / count), \(String(format: "%.0f", result.chargedBytesPerDnode)) charged to the bound; Dnode struct \(result.dnodeStructBytes) bytes")
         fflush(nil)
         if let json {
@@ -124,9 +141,21 @@ struct DnodeCacheBenchmark: ParsableCommand {
         withExtendedLifetime(cache) {}
     }
 
-    /// Lookups per second of each thread, all threads running at once.
-    static func measure(cache: DnodeCache, orders: [[UInt64]], seconds: Double, borrowing: Bool = false) -> [Double] {
-        let rates = UnsafeMutableBufferPointer<Double>.allocate(capacity: orders.count)
+    /// Lookups per second of wall-clock time and per second of the thread's CPU time.
+    struct Rate {
+        var wall: Double
+        var cpu: Double
+    }
+
+    static func threadCPUNs() -> UInt64 {
+        var time = timespec()
+        clock_gettime(CLOCK_THREAD_CPUTIME_ID, &time)
+        return UInt64(time.tv_sec) * 1_000_000_000 + UInt64(time.tv_nsec)
+    }
+
+    /// The rates of each thread, all threads running at once.
+    static func measure(cache: DnodeCache, orders: [[UInt64]], seconds: Double, borrowing: Bool = false) -> [Rate] {
+        let rates = UnsafeMutableBufferPointer<Rate>.allocate(capacity: orders.count)
         defer { rates.deallocate() }
         let ratesAddress = UInt(bitPattern: rates.baseAddress)
         DispatchQueue.concurrentPerform(iterations: orders.count) { thread in
@@ -134,6 +163,7 @@ struct DnodeCacheBenchmark: ParsableCommand {
             let mask = order.count - 1
             let budget = UInt64(seconds * 1e9)
             let start = AllocatorBenchmark.now()
+            let cpuStart = threadCPUNs()
             var lookups = 0
             var sink: UInt64 = 0
             var position = 0
@@ -150,8 +180,10 @@ struct DnodeCacheBenchmark: ParsableCommand {
                 lookups += 4096
                 elapsed = AllocatorBenchmark.now() - start
             } while elapsed < budget
+            let cpu = threadCPUNs() - cpuStart
             precondition(sink != 1)   // keeps the reads
-            UnsafeMutablePointer<Double>(bitPattern: ratesAddress)![thread] = Double(lookups) / (Double(elapsed) / 1e9)
+            UnsafeMutablePointer<Rate>(bitPattern: ratesAddress)![thread] = Rate(wall: Double(lookups) / (Double(elapsed) / 1e9),
+                                                                                 cpu: Double(lookups) / (Double(max(cpu, 1)) / 1e9))
         }
         return Array(rates)
     }

@@ -1,8 +1,8 @@
 // DnodeCache — the in-memory dnodes, keyed by object number, under a memory bound.
 //
 // Theory. Every operation on an object starts with its dnode, so the cache sits on the metadata
-// hot path: a cached lookup must cost one uncontended lock, one hash probe and a copy, and allocate
-// nothing. The cache holds two kinds of entries:
+// hot path: a cached lookup must cost one uncontended lock, one hash probe and one read of the
+// entry, and allocate nothing. The cache holds two kinds of entries:
 //   - clean dnodes (equal to what the last durable checkpoint holds): evictable at any time;
 //   - dirty dnodes and destroyed-object tombstones, tagged with the checkpoint that must write
 //     them: pinned (never evicted) until the checkpoint code, after that checkpoint is durable,
@@ -22,6 +22,22 @@
 // own cache lines, with `memoryBytesMax / shardCount` of the budget. Two threads contend only when
 // they touch the same shard at the same instant (1 in 16 for random objects).
 //
+// Layout of a shard, for lookups over a million dnodes (where every access is a cache miss):
+//   - an open-addressing table of 16-byte buckets (object number, slot), linear probing at a load
+//     of at most 3/4, home bucket from the hash bits below the shard bits. A probe compares keys
+//     in the bucket array only (four buckets per cache line), so a hit costs one miss there;
+//     deletion shifts the rest of the cluster back, so no tombstones lengthen later probes. (A
+//     Swift Dictionary hashed with SipHash and kept keys, values and its occupancy bitmap apart.)
+//   - an array of `Entry` slots (state, reference bit, charge, dirty checkpoint, then the dnode,
+//     so the bookkeeping shares a cache line with the dnode's fixed fields), with a free list
+//     threaded through free slots. Free slots and tombstones hold a placeholder dnode with no heap
+//     storage, so every slot is initialized and `withDnode` lends the stored dnode in place: no
+//     copy, so no retain and release of its arrays (two more misses per lookup).
+//   - both arrays, once 2 MiB or larger, 2 MiB-aligned and advised into transparent huge pages:
+//     without that each miss also walks the page tables (nested in a VM).
+// So a hit is two dependent misses (bucket, entry); `lookup`, which returns a copy, adds the
+// retains of the dnode's arrays.
+//
 // Memory bound: each entry is charged its slot (`Entry` stride), its share of the hash table, and
 // the heap its dnode holds (`Dnode.residentBytes`). When dirty entries alone exceed a shard's
 // share the bound is exceeded (they cannot go); `statistics.dirtyBytes` tells the checkpoint
@@ -31,6 +47,9 @@
 // replay on the next import.
 
 import Synchronization
+#if canImport(Glibc)
+import Glibc
+#endif
 
 /// Settings of the dnode cache, each with its reason.
 public struct DnodeCacheSettings: Sendable, Equatable {
@@ -82,54 +101,206 @@ public final class DnodeCache: @unchecked Sendable {
     // @unchecked: the shards live in raw memory owned by this object; each is only reached
     // through its Mutex.
 
-    /// A slot. Stored non-optional, with the dnode inline and flags for "vacant" and
-    /// "tombstone": a lookup then touches the slot in place and lends the dnode to `withDnode`
-    /// without a copy (an `Entry?` slot is copied whole on access, retaining the dnode's arrays:
-    /// a cache miss each, which dominated lookups at 100k+ dnodes).
-    struct Entry {
-        var objectNumber: UInt64
-        /// The dnode; `Entry.placeholder` for a tombstone or a vacant slot.
-        var dnode: Dnode
-        /// 0 when clean, else the checkpoint that must write this entry.
-        var dirtyCheckpoint: UInt64
-        var chargedBytes: Int
-        var referenced: Bool
+    enum EntryState: UInt8 {
+        /// On the shard's free list.
+        case free
+        case present
         /// A destroyed-object tombstone.
-        var isDestroyed: Bool
-        var isOccupied: Bool
+        case destroyed
+    }
 
-        static let placeholder = Dnode(objectNumber: 0, type: .regular)
-        static let vacant = Entry(objectNumber: 0, dnode: nil, dirtyCheckpoint: 0, chargedBytes: 0, referenced: false, isOccupied: false)
+    /// One slot of a shard's entry array. Every slot below `entryCount` is initialized: a free
+    /// slot or a tombstone holds a placeholder dnode with no heap storage, so `withDnode` can
+    /// borrow the stored dnode in place (no Optional to unwrap, no copy).
+    struct Entry {
+        // The bookkeeping comes first, in the same cache line as the dnode's fixed fields: a hit
+        // reads `state`, sets `referenced` and usually reads a field or two, all in one line.
+        var state: EntryState
+        var referenced: Bool
+        var chargedBytes: UInt32
+        /// 0 when clean, else the checkpoint that must write this entry. On a free slot: the next
+        /// free slot + 1 (0 ends the list).
+        var dirtyCheckpoint: UInt64
+        var dnode: Dnode
 
-        init(objectNumber: UInt64, dnode: Dnode?, dirtyCheckpoint: UInt64, chargedBytes: Int, referenced: Bool, isOccupied: Bool = true) {
-            self.objectNumber = objectNumber
-            self.dnode = dnode ?? Entry.placeholder
-            self.isDestroyed = dnode == nil
-            self.dirtyCheckpoint = dirtyCheckpoint
-            self.chargedBytes = chargedBytes
-            self.referenced = referenced
-            self.isOccupied = isOccupied
-        }
+        var objectNumber: UInt64 { dnode.objectNumber }
 
-        /// The dnode, or nil for a tombstone (a copy: not for the hot path).
-        var storedDnode: Dnode? { isDestroyed ? nil : dnode }
-
-        mutating func set(_ newDnode: Dnode?) {
-            dnode = newDnode ?? Entry.placeholder
-            isDestroyed = newDnode == nil
+        static func free(next: Int) -> Entry {
+            Entry(state: .free, referenced: false, chargedBytes: 0, dirtyCheckpoint: UInt64(next), dnode: Dnode(objectNumber: 0, type: .regular))
         }
     }
 
-    struct Shard {
-        var index = DnodeIndexTable()
-        var slots: [Entry] = []
-        var freeSlots: [Int32] = []
+    /// A hash-table bucket: the object number (so a probe compares keys without touching the
+    /// entry array) and its slot + 1; 0 marks an empty bucket. 16 bytes, four per cache line.
+    struct Bucket {
+        var objectNumber: UInt64
+        var slotPlusOne: UInt32
+    }
+
+    /// One lock stripe: an open-addressing hash table (linear probing, backward-shift deletion,
+    /// so no tombstones ever slow a probe) from object number to slot, the slots themselves, the
+    /// CLOCK hand and the counters. Called with the shard's lock held.
+    struct Shard: ~Copyable {
+        var buckets: UnsafeMutablePointer<Bucket>
+        /// log2 of the bucket count.
+        var bucketBits: Int
+        /// The top `shardBits` of an object's hash pick its shard; the next `bucketBits` its home bucket.
+        let shardBits: Int
+        var entries: UnsafeMutablePointer<Entry>
+        /// Slots initialized (in use or free); the CLOCK hand sweeps `0 ..< entryCount`.
+        var entryCount = 0
+        var entryCapacity: Int
+        /// First free slot + 1; 0 when none.
+        var freeHead = 0
         var hand = 0
         var budgetBytes: Int
         var residentBytes = 0
         var dirtyBytes = 0
         var dirtyCount = 0
         var statistics = DnodeCacheStatistics()
+
+        init(budgetBytes: Int, shardBits: Int) {
+            self.shardBits = shardBits
+            self.budgetBytes = budgetBytes
+            bucketBits = Limits.initialBucketBits
+            buckets = .allocate(capacity: 1 << bucketBits)
+            buckets.initialize(repeating: Bucket(objectNumber: 0, slotPlusOne: 0), count: 1 << bucketBits)
+            entryCapacity = Limits.initialEntryCapacity
+            entries = .allocate(capacity: entryCapacity)
+        }
+
+        deinit {
+            entries.deinitialize(count: entryCount)
+            entries.deallocate()
+            buckets.deallocate()
+        }
+
+        var bucketMask: Int { (1 << bucketBits) - 1 }
+
+        @inline(__always)
+        func homeBucket(_ object: UInt64) -> Int {
+            Int(truncatingIfNeeded: (DnodeCache.hash(object) << UInt64(shardBits)) >> UInt64(64 - bucketBits))
+        }
+
+        /// The slot holding `object`, or -1. One probe sequence over the bucket array only.
+        @inline(__always)
+        func slot(of object: UInt64) -> Int {
+            let mask = bucketMask
+            var index = homeBucket(object)
+            while true {
+                let bucket = buckets[index]
+                if bucket.slotPlusOne == 0 { return -1 }
+                if bucket.objectNumber == object { return Int(bucket.slotPlusOne) - 1 }
+                index = (index + 1) & mask
+            }
+        }
+
+        /// Adds `object` → `slot`; `object` must not be in the table.
+        mutating func insertBucket(_ object: UInt64, slot: Int) {
+            if (statistics.cachedCount + 1) * Limits.loadDenominator > (1 << bucketBits) * Limits.loadNumerator {
+                growBuckets()
+            }
+            let mask = bucketMask
+            var index = homeBucket(object)
+            while buckets[index].slotPlusOne != 0 {
+                precondition(buckets[index].objectNumber != object, "object \(object) is already in the dnode cache table")
+                index = (index + 1) & mask
+            }
+            buckets[index] = Bucket(objectNumber: object, slotPlusOne: UInt32(slot + 1))
+            statistics.cachedCount += 1
+        }
+
+        /// Removes `object` (which must be present) and shifts the rest of its cluster back, so
+        /// every key stays reachable from its home bucket without tombstones.
+        mutating func removeBucket(_ object: UInt64) {
+            let mask = bucketMask
+            var hole = homeBucket(object)
+            while buckets[hole].objectNumber != object || buckets[hole].slotPlusOne == 0 {
+                precondition(buckets[hole].slotPlusOne != 0, "object \(object) is not in the dnode cache table")
+                hole = (hole + 1) & mask
+            }
+            var next = (hole + 1) & mask
+            while buckets[next].slotPlusOne != 0 {
+                let home = homeBucket(buckets[next].objectNumber)
+                // The key at `next` may fill the hole if the hole lies on its probe path [home, next).
+                if (next &- home) & mask >= (next &- hole) & mask {
+                    buckets[hole] = buckets[next]
+                    hole = next
+                }
+                next = (next + 1) & mask
+            }
+            buckets[hole] = Bucket(objectNumber: 0, slotPlusOne: 0)
+            statistics.cachedCount -= 1
+        }
+
+        private mutating func growBuckets() {
+            let oldBuckets = buckets
+            let oldCount = 1 << bucketBits
+            precondition(bucketBits + shardBits < 63, "dnode cache shard table full")
+            bucketBits += 1
+            buckets = DnodeCache.allocateArray(of: Bucket.self, count: 1 << bucketBits)
+            buckets.initialize(repeating: Bucket(objectNumber: 0, slotPlusOne: 0), count: 1 << bucketBits)
+            let mask = bucketMask
+            for old in 0 ..< oldCount where oldBuckets[old].slotPlusOne != 0 {
+                var index = homeBucket(oldBuckets[old].objectNumber)
+                while buckets[index].slotPlusOne != 0 { index = (index + 1) & mask }
+                buckets[index] = oldBuckets[old]
+            }
+            oldBuckets.deallocate()
+        }
+
+        /// A slot for a new entry: the free list first, else the end of the array (doubled when full).
+        mutating func allocateSlot() -> Int {
+            if freeHead != 0 {
+                let slot = freeHead - 1
+                precondition(entries[slot].state == .free, "free dnode-cache slot \(slot) is in use")
+                freeHead = Int(entries[slot].dirtyCheckpoint)
+                return slot
+            }
+            if entryCount == entryCapacity {
+                precondition(entryCapacity < Int(UInt32.max) / 2, "dnode cache shard full")
+                let grown = DnodeCache.allocateArray(of: Entry.self, count: entryCapacity * 2)
+                grown.moveInitialize(from: entries, count: entryCount)
+                entries.deallocate()
+                entries = grown
+                entryCapacity *= 2
+            }
+            (entries + entryCount).initialize(to: .free(next: 0))
+            entryCount += 1
+            return entryCount - 1
+        }
+
+        mutating func releaseSlot(_ slot: Int) {
+            entries[slot] = .free(next: freeHead)
+            freeHead = slot + 1
+        }
+    }
+
+    /// Memory for a shard's bucket or entry array. From 2 MiB up: 2 MiB-aligned and advised into
+    /// transparent huge pages, so a lookup over a million dnodes does not also pay a TLB miss
+    /// (a nested page walk in a VM) for the bucket and for the entry. Advisory: without THP the
+    /// kernel uses ordinary pages.
+    static func allocateArray<Element>(of: Element.Type, count: Int) -> UnsafeMutablePointer<Element> {
+        let bytes = count * MemoryLayout<Element>.stride
+        guard bytes >= Limits.hugePageBytes else { return .allocate(capacity: count) }
+        let raw = UnsafeMutableRawPointer.allocate(byteCount: bytes, alignment: Limits.hugePageBytes)
+        #if canImport(Glibc)
+        _ = madvise(raw, bytes, MADV_HUGEPAGE)
+        #endif
+        return raw.bindMemory(to: Element.self, capacity: count)
+    }
+
+    /// Sizes of the per-shard structures, with their reasons.
+    enum Limits {
+        /// 64 buckets (1 KiB) per shard before the first insert: small caches stay small.
+        static let initialBucketBits = 6
+        static let initialEntryCapacity = 16
+        /// Maximum load of the bucket array, 3/4: linear probing then averages 2.5 buckets per
+        /// hit, almost always in the home bucket's cache line.
+        static let loadNumerator = 3
+        static let loadDenominator = 4
+        /// x86-64 transparent huge page.
+        static let hugePageBytes = 2 << 20
     }
 
     public let settings: DnodeCacheSettings
@@ -138,8 +309,9 @@ public final class DnodeCache: @unchecked Sendable {
     private let shards: UnsafeMutableRawPointer
 
     /// Bytes charged per entry besides its dnode's heap: the slot and the hash table's share
-    /// (key + value at a load factor of at most 3/4, plus growth slack).
-    static let entryOverheadBytes = MemoryLayout<Entry?>.stride + 32
+    /// (a 16-byte bucket at a load between 3/8 and 3/4, so 21–43 bytes; 32 on average).
+    static let entryOverheadBytes = MemoryLayout<Entry>.stride + 32
+    static let dnodeOffset = MemoryLayout<Entry>.offset(of: \Entry.dnode)!
 
     public init(settings: DnodeCacheSettings = DnodeCacheSettings()) {
         precondition(settings.shardCount > 0 && settings.shardCount & (settings.shardCount - 1) == 0 && settings.shardCount <= 1024,
@@ -151,7 +323,7 @@ public final class DnodeCache: @unchecked Sendable {
         self.shards = UnsafeMutableRawPointer.allocate(byteCount: shardStride * settings.shardCount, alignment: 128)
         for index in 0 ..< settings.shardCount {
             (shards + index * shardStride).bindMemory(to: Mutex<Shard>.self, capacity: 1)
-                .initialize(to: Mutex(Shard(budgetBytes: settings.memoryBytesMax / settings.shardCount)))
+                .initialize(to: Mutex(Shard(budgetBytes: settings.memoryBytesMax / settings.shardCount, shardBits: shardBits)))
         }
     }
 
@@ -162,46 +334,66 @@ public final class DnodeCache: @unchecked Sendable {
         shards.deallocate()
     }
 
+    /// Fibonacci hashing: the top bits of the product are well mixed even for sequential object
+    /// numbers. The top `shardBits` pick the shard, the bits below them the bucket.
+    @inline(__always)
+    static func hash(_ object: UInt64) -> UInt64 { object &* 0x9E37_79B9_7F4A_7C15 }
+
     @inline(__always)
     private func shard(for object: UInt64) -> UnsafeMutablePointer<Mutex<Shard>> {
-        let index = shardBits == 0 ? 0 : Int(truncatingIfNeeded: (object &* 0x9E37_79B9_7F4A_7C15) >> UInt64(64 - shardBits))
+        let index = shardBits == 0 ? 0 : Int(truncatingIfNeeded: Self.hash(object) >> UInt64(64 - shardBits))
         return (shards + index * shardStride).assumingMemoryBound(to: Mutex<Shard>.self)
     }
 
     // MARK: Lookups (the hot path)
 
-    /// The cached state of `object`; counts a hit or a miss. Allocates nothing.
+    /// The cached state of `object`, as a copy; counts a hit or a miss. Allocates nothing, but
+    /// the copy retains (and the caller later releases) the dnode's arrays: prefer `withDnode`.
     public func lookup(_ object: UInt64) -> CachedDnode {
         shard(for: object).pointee.withLock { shard -> CachedDnode in
-            guard let slot = shard.index[object] else {
+            let slot = shard.slot(of: object)
+            guard slot >= 0 else {
                 shard.statistics.misses &+= 1
                 return .absent
             }
             shard.statistics.hits &+= 1
-            shard.slots[Int(slot)].referenced = true
-            if shard.slots[Int(slot)].isDestroyed { return .destroyed }
-            return .present(shard.slots[Int(slot)].dnode)
+            let entry = shard.entries + slot
+            entry.pointee.referenced = true
+            guard entry.pointee.state == .present else { return .destroyed }
+            return .present(entry.pointee.dnode)
         }
     }
 
-    /// The cached dnode of `object`, or nil (absent or destroyed).
+    /// The cached dnode of `object` (a copy), or nil (absent or destroyed).
     public func dnode(_ object: UInt64) -> Dnode? {
         if case .present(let dnode) = lookup(object) { return dnode }
         return nil
     }
 
-    /// Runs `body` on the cached dnode without copying it, under the shard's lock (keep it short:
-    /// no I/O, no other cache call). Nil when `object` is not cached or destroyed.
+    /// Runs `body` on the cached dnode in place, without copying it (no retain of its arrays),
+    /// under the shard's lock (keep it short: no I/O, no other cache call). Nil when `object` is
+    /// not cached or destroyed. The hot path: one lock, one probe of the bucket array, one read
+    /// of the entry.
     public func withDnode<Result>(_ object: UInt64, _ body: (borrowing Dnode) -> Result) -> Result? {
         shard(for: object).pointee.withLock { shard -> Result? in
-            guard let slot = shard.index[object] else {
+            let slot = shard.slot(of: object)
+            guard slot >= 0 else {
                 shard.statistics.misses &+= 1
                 return nil
             }
             shard.statistics.hits &+= 1
-            shard.slots[Int(slot)].referenced = true
-            if shard.slots[Int(slot)].isDestroyed { return nil }
-            return body(shard.slots[Int(slot)].dnode)
+            let entry = shard.entries + slot
+            entry.pointee.referenced = true
+            guard entry.pointee.state == .present else { return nil }
+            // `body(entry.pointee.dnode)` would copy (retain its arrays, release them after):
+            // the compiler cannot prove the memory under an unsafe pointer stays put during the
+            // call. Moving the dnode out into a local and back (two 200-byte moves, no reference
+            // counting) lends `body` a value it can borrow; the lock keeps anyone from seeing the
+            // slot while it is moved out.
+            let dnodePointer = (UnsafeMutableRawPointer(entry) + Self.dnodeOffset).assumingMemoryBound(to: Dnode.self)
+            let dnode = dnodePointer.move()
+            defer { dnodePointer.initialize(to: dnode) }
+            return body(dnode)
         }
     }
 
@@ -212,12 +404,12 @@ public final class DnodeCache: @unchecked Sendable {
     @discardableResult
     public func insertClean(_ dnode: Dnode) -> CachedDnode {
         shard(for: dnode.objectNumber).pointee.withLock { shard -> CachedDnode in
-            if let slot = shard.index[dnode.objectNumber] {
-                let entry = shard.slots[Int(slot)]
-                return entry.isDestroyed ? .destroyed : .present(entry.dnode)
+            let slot = shard.slot(of: dnode.objectNumber)
+            if slot >= 0 {
+                let entry = shard.entries + slot
+                return entry.pointee.state == .present ? .present(entry.pointee.dnode) : .destroyed
             }
-            Self.insert(Entry(objectNumber: dnode.objectNumber, dnode: dnode, dirtyCheckpoint: 0, chargedBytes: 0, referenced: false),
-                        into: &shard)
+            Self.insert(Entry(state: .present, referenced: false, chargedBytes: 0, dirtyCheckpoint: 0, dnode: dnode), into: &shard)
             return .present(dnode)
         }
     }
@@ -235,31 +427,32 @@ public final class DnodeCache: @unchecked Sendable {
     }
 
     private func store(object: UInt64, dnode: Dnode?, checkpoint: UInt64) {
+        let newEntry = Entry(state: dnode == nil ? .destroyed : .present, referenced: true, chargedBytes: 0, dirtyCheckpoint: checkpoint,
+                             dnode: dnode ?? Dnode(objectNumber: object, type: .regular))
         shard(for: object).pointee.withLock { shard in
-            if let slot = shard.index[object] {
-                var entry = shard.slots[Int(slot)]
-                precondition(checkpoint >= entry.dirtyCheckpoint,
-                             "object \(object): dirtied in checkpoint \(checkpoint) after checkpoint \(entry.dirtyCheckpoint)")
-                Self.uncharge(entry, from: &shard)
-                entry.set(dnode)
-                entry.dirtyCheckpoint = checkpoint
-                entry.referenced = true
-                Self.charge(&entry, to: &shard)
-                shard.slots[Int(slot)] = entry
-                Self.evictIfOverBudget(&shard, protecting: Int(slot))
-            } else {
-                Self.insert(Entry(objectNumber: object, dnode: dnode, dirtyCheckpoint: checkpoint, chargedBytes: 0, referenced: true),
-                            into: &shard)
+            let slot = shard.slot(of: object)
+            guard slot >= 0 else {
+                Self.insert(newEntry, into: &shard)
+                return
             }
+            let previous = shard.entries[slot]
+            precondition(checkpoint >= previous.dirtyCheckpoint,
+                         "object \(object): dirtied in checkpoint \(checkpoint) after checkpoint \(previous.dirtyCheckpoint)")
+            Self.uncharge(previous, from: &shard)
+            var entry = newEntry
+            Self.charge(&entry, to: &shard)
+            shard.entries[slot] = entry
+            Self.evictIfOverBudget(&shard, protecting: slot)
         }
     }
 
     /// Drops a clean entry (e.g. its table block was found stale); a dirty one is a programmer error.
     public func invalidate(_ object: UInt64) {
         shard(for: object).pointee.withLock { shard in
-            guard let slot = shard.index[object] else { return }
-            precondition(shard.slots[Int(slot)].dirtyCheckpoint == 0, "object \(object): invalidating a dirty dnode")
-            Self.remove(slot: Int(slot), from: &shard)
+            let slot = shard.slot(of: object)
+            guard slot >= 0 else { return }
+            precondition(shard.entries[slot].dirtyCheckpoint == 0, "object \(object): invalidating a dirty dnode")
+            Self.remove(slot: slot, from: &shard)
         }
     }
 
@@ -271,8 +464,12 @@ public final class DnodeCache: @unchecked Sendable {
         var result: [DirtyDnode] = []
         for index in 0 ..< settings.shardCount {
             (shards + index * shardStride).assumingMemoryBound(to: Mutex<Shard>.self).pointee.withLock { shard in
-                for entry in shard.slots where entry.isOccupied && entry.dirtyCheckpoint != 0 && entry.dirtyCheckpoint <= checkpoint {
-                    result.append(DirtyDnode(objectNumber: entry.objectNumber, dnode: entry.storedDnode, checkpoint: entry.dirtyCheckpoint))
+                for slot in 0 ..< shard.entryCount {
+                    let entry = shard.entries + slot
+                    guard entry.pointee.state != .free, entry.pointee.dirtyCheckpoint != 0, entry.pointee.dirtyCheckpoint <= checkpoint else { continue }
+                    result.append(DirtyDnode(objectNumber: entry.pointee.objectNumber,
+                                             dnode: entry.pointee.state == .present ? entry.pointee.dnode : nil,
+                                             checkpoint: entry.pointee.dirtyCheckpoint))
                 }
             }
         }
@@ -285,18 +482,16 @@ public final class DnodeCache: @unchecked Sendable {
     public func markClean(through checkpoint: UInt64) {
         for index in 0 ..< settings.shardCount {
             (shards + index * shardStride).assumingMemoryBound(to: Mutex<Shard>.self).pointee.withLock { shard in
-                for slot in shard.slots.indices {
-                    guard shard.slots[slot].isOccupied, shard.slots[slot].dirtyCheckpoint != 0,
-                          shard.slots[slot].dirtyCheckpoint <= checkpoint else { continue }
-                    var entry = shard.slots[slot]
-                    if entry.isDestroyed {
+                for slot in 0 ..< shard.entryCount {
+                    let entry = shard.entries + slot
+                    guard entry.pointee.state != .free, entry.pointee.dirtyCheckpoint != 0, entry.pointee.dirtyCheckpoint <= checkpoint else { continue }
+                    if entry.pointee.state == .destroyed {
                         Self.remove(slot: slot, from: &shard)
                         continue
                     }
-                    Self.uncharge(entry, from: &shard)
-                    entry.dirtyCheckpoint = 0
-                    Self.charge(&entry, to: &shard)
-                    shard.slots[slot] = entry
+                    Self.uncharge(entry.pointee, from: &shard)
+                    entry.pointee.dirtyCheckpoint = 0
+                    Self.charge(&entry.pointee, to: &shard)
                 }
                 Self.evictIfOverBudget(&shard, protecting: nil)
             }
@@ -323,10 +518,12 @@ public final class DnodeCache: @unchecked Sendable {
     // MARK: Shard internals (called with the shard's lock held)
 
     private static func charge(_ entry: inout Entry, to shard: inout Shard) {
-        entry.chargedBytes = entryOverheadBytes + (entry.isDestroyed ? 0 : entry.dnode.residentBytes - MemoryLayout<Dnode>.stride)
-        shard.residentBytes += entry.chargedBytes
+        let bytes = entryOverheadBytes + (entry.state == .present ? entry.dnode.residentBytes - MemoryLayout<Dnode>.stride : 0)
+        precondition(bytes > 0 && bytes <= Int(UInt32.max), "object \(entry.objectNumber): \(bytes) bytes to charge")
+        entry.chargedBytes = UInt32(bytes)
+        shard.residentBytes += bytes
         if entry.dirtyCheckpoint != 0 {
-            shard.dirtyBytes += entry.chargedBytes
+            shard.dirtyBytes += bytes
             shard.dirtyCount += 1
         }
         shard.statistics.residentBytes = shard.residentBytes
@@ -334,10 +531,10 @@ public final class DnodeCache: @unchecked Sendable {
         shard.statistics.dirtyCount = shard.dirtyCount
     }
 
-    private static func uncharge(_ entry: Entry, from shard: inout Shard) {
-        shard.residentBytes -= entry.chargedBytes
+    private static func uncharge(_ entry: borrowing Entry, from shard: inout Shard) {
+        shard.residentBytes -= Int(entry.chargedBytes)
         if entry.dirtyCheckpoint != 0 {
-            shard.dirtyBytes -= entry.chargedBytes
+            shard.dirtyBytes -= Int(entry.chargedBytes)
             shard.dirtyCount -= 1
         }
         precondition(shard.residentBytes >= 0 && shard.dirtyBytes >= 0 && shard.dirtyCount >= 0, "dnode cache accounting went negative")
@@ -347,46 +544,36 @@ public final class DnodeCache: @unchecked Sendable {
     }
 
     private static func insert(_ newEntry: Entry, into shard: inout Shard) {
+        precondition(newEntry.state != .free, "object \(newEntry.objectNumber): inserting a free entry")
         var entry = newEntry
         charge(&entry, to: &shard)
-        let slot: Int
-        if let free = shard.freeSlots.popLast() {
-            slot = Int(free)
-            precondition(!shard.slots[slot].isOccupied, "free dnode-cache slot \(slot) is occupied")
-            shard.slots[slot] = entry
-        } else {
-            slot = shard.slots.count
-            precondition(slot < Int(Int32.max), "dnode cache shard full")
-            shard.slots.append(entry)
-        }
-        shard.index[entry.objectNumber] = Int32(slot)
+        let slot = shard.allocateSlot()
+        shard.entries[slot] = entry
+        shard.insertBucket(entry.objectNumber, slot: slot)
         shard.statistics.insertions += 1
-        shard.statistics.cachedCount = shard.index.count
         evictIfOverBudget(&shard, protecting: slot)
     }
 
     private static func remove(slot: Int, from shard: inout Shard) {
-        let entry = shard.slots[slot]
-        precondition(entry.isOccupied, "removing vacant dnode-cache slot \(slot)")
-        uncharge(entry, from: &shard)
-        shard.index[entry.objectNumber] = nil
-        shard.slots[slot] = Entry.vacant
-        shard.freeSlots.append(Int32(slot))
-        shard.statistics.cachedCount = shard.index.count
+        precondition(shard.entries[slot].state != .free, "removing free dnode-cache slot \(slot)")
+        uncharge(shard.entries[slot], from: &shard)
+        shard.removeBucket(shard.entries[slot].objectNumber)
+        shard.releaseSlot(slot)
     }
 
     /// CLOCK sweep until the shard is within budget; at most two passes (the first clears
     /// reference bits). Dirty entries and `protecting` are skipped.
     private static func evictIfOverBudget(_ shard: inout Shard, protecting: Int?) {
         guard shard.residentBytes > shard.budgetBytes else { return }
-        var steps = 2 * shard.slots.count
+        var steps = 2 * shard.entryCount
         while shard.residentBytes > shard.budgetBytes && steps > 0 {
             steps -= 1
             let slot = shard.hand
-            shard.hand = (shard.hand + 1) % shard.slots.count
-            guard slot != protecting, shard.slots[slot].isOccupied, shard.slots[slot].dirtyCheckpoint == 0 else { continue }
-            if shard.slots[slot].referenced {
-                shard.slots[slot].referenced = false
+            shard.hand = (shard.hand + 1) % shard.entryCount
+            let entry = shard.entries + slot
+            guard slot != protecting, entry.pointee.state == .present, entry.pointee.dirtyCheckpoint == 0 else { continue }
+            if entry.pointee.referenced {
+                entry.pointee.referenced = false
                 continue
             }
             remove(slot: slot, from: &shard)

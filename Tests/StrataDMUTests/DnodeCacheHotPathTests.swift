@@ -37,6 +37,17 @@ private let optimizedBuild = true
         #expect(allocations == 0, "\(allocations) heap allocations in 40960 cached lookups")
         #expect(checksum > 0 && cache.statistics.hits == 4096 * 11)
 
+        // The borrowing path (what callers use) allocates nothing either.
+        let beforeBorrowing = AllocCounter_thread()
+        for round in 0 ..< 10 {
+            for object in 0 ..< UInt64(4096) {
+                checksum &+= cache.withDnode(object &* 2_654_435_761 % 4096) { $0.generation &+ UInt64(round) } ?? 1
+            }
+        }
+        let borrowingAllocations = AllocCounter_thread() - beforeBorrowing
+        #expect(borrowingAllocations == 0, "\(borrowingAllocations) heap allocations in 40960 borrowed lookups")
+        #expect(cache.statistics.hits == 4096 * 21)
+
         // The counter counts (otherwise the check above means nothing).
         let counted = AllocCounter_thread()
         let array = [Int](repeating: 1, count: Int.random(in: 100 ... 200))

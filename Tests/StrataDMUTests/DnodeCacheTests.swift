@@ -1,5 +1,6 @@
 // DnodeCache: hits, misses and counters; eviction under the memory bound; dirty dnodes and
-// tombstones pinned until their checkpoint is durable; CLOCK keeps referenced entries; threads.
+// tombstones pinned until their checkpoint is durable; CLOCK keeps referenced entries; threads;
+// the open-addressing table under growth and backward-shift deletion; a seeded model test.
 
 import Foundation
 import Testing
@@ -117,5 +118,145 @@ import StrataPool
         let statistics = cache.statistics
         #expect(statistics.hits + statistics.misses == 4 * 18_000)
         #expect(statistics.misses == 0 && statistics.cachedCount == 1000)
+    }
+
+    @Test func tableGrowsAndFindsEveryObject() {
+        // One shard, no eviction: 50,000 inserts take the bucket array from 64 buckets through
+        // ten doublings and the entry array through twelve.
+        let cache = DnodeCache(settings: DnodeCacheSettings(memoryBytesMax: 1 << 30, shardCount: 1))
+        let objects = (0 ..< UInt64(50_000)).map { $0 &* 7919 &+ ($0 << 32) }   // sparse, 64-bit keys
+        for object in objects {
+            var dnode = Dnode(objectNumber: object, type: .regular)
+            dnode.sizeBytes = object ^ 0x5A5A
+            cache.insertClean(dnode)
+        }
+        #expect(cache.statistics.cachedCount == objects.count && cache.statistics.evictions == 0)
+        var wrong = 0
+        for object in objects where cache.withDnode(object, { $0.sizeBytes }) != object ^ 0x5A5A { wrong += 1 }
+        #expect(wrong == 0, "\(wrong) objects not found after growth")
+        for object in objects.prefix(1000) { #expect(cache.lookup(object &+ 1) == .absent) }
+    }
+
+    @Test func removalsKeepEveryProbeChainReachable() {
+        // Backward-shift deletion: after removing any subset, every remaining key is still found
+        // and every removed one misses; freed slots are reused.
+        let cache = DnodeCache(settings: DnodeCacheSettings(memoryBytesMax: 1 << 30, shardCount: 1))
+        let count = UInt64(20_000)
+        for object in 0 ..< count { cache.insertClean(Dnode(objectNumber: object, type: .regular)) }
+        let residentFull = cache.statistics.residentBytes
+        for object in 0 ..< count where object % 3 != 1 { cache.invalidate(object) }
+        for object in 0 ..< count {
+            #expect((cache.dnode(object) != nil) == (object % 3 == 1), "object \(object)")
+        }
+        #expect(cache.statistics.cachedCount == Int((count + 1) / 3))
+        for object in 0 ..< count where object % 3 != 1 { cache.insertClean(Dnode(objectNumber: object, type: .regular)) }
+        for object in 0 ..< count { #expect(cache.dnode(object)?.objectNumber == object) }
+        #expect(cache.statistics.cachedCount == Int(count) && cache.statistics.residentBytes == residentFull)
+        for object in 0 ..< count { cache.invalidate(object) }
+        #expect(cache.statistics.cachedCount == 0 && cache.statistics.residentBytes == 0)
+        #expect(cache.lookup(0) == .absent)
+    }
+
+    @Test func evictionLeavesTheTableConsistent() {
+        // Eviction removes through the same path as invalidate: whatever is still cached is
+        // found with its own contents, and the count matches what lookups find.
+        let cache = DnodeCache(settings: DnodeCacheSettings(memoryBytesMax: 512 << 10, shardCount: 2))
+        for object in 0 ..< UInt64(30_000) {
+            var dnode = Self.lustreDnode(object)
+            dnode.sizeBytes = object
+            cache.insertClean(dnode)
+            if object % 7 == 0 { _ = cache.lookup(object / 2) }
+        }
+        let statistics = cache.statistics
+        #expect(statistics.evictions > 0 && statistics.residentBytes <= 512 << 10)
+        var found = 0
+        for object in 0 ..< UInt64(30_000) {
+            if let size = cache.withDnode(object, { $0.sizeBytes }) {
+                found += 1
+                #expect(size == object)
+            }
+        }
+        #expect(found == statistics.cachedCount)
+    }
+
+    @Test func seededWorkloadMatchesAModel() {
+        // Random inserts, updates, destroys, invalidations and checkpoints over 2,000 objects,
+        // against a dictionary model; no eviction (the bound is large), so the cache must hold
+        // exactly the model. Replays from the printed seed.
+        let seed = UInt64.random(in: 1 ... UInt64.max)
+        var generator = SplitMix(state: seed)
+        let cache = DnodeCache(settings: DnodeCacheSettings(memoryBytesMax: 1 << 30, shardCount: 4))
+        enum Model: Equatable { case present(UInt64, dirty: UInt64), destroyed }
+        var model: [UInt64: Model] = [:]
+        var checkpoint: UInt64 = 1
+        for step in 0 ..< 40_000 {
+            let object = generator.next() % 2000
+            let size = generator.next() % 1_000_000
+            var dnode = Dnode(objectNumber: object, type: .regular)
+            dnode.sizeBytes = size
+            switch generator.next() % 10 {
+            case 0 ... 3:
+                cache.insertClean(dnode)
+                if model[object] == nil { model[object] = .present(size, dirty: 0) }
+            case 4 ... 5:
+                cache.update(dnode, dirtyIn: checkpoint)
+                model[object] = .present(size, dirty: checkpoint)
+            case 6:
+                cache.destroy(object, dirtyIn: checkpoint)
+                model[object] = .destroyed
+            case 7:
+                if case .present(_, dirty: 0) = model[object] {
+                    cache.invalidate(object)
+                    model[object] = nil
+                } else if model[object] == nil {
+                    cache.invalidate(object)
+                }
+            case 8:
+                if step % 50 == 0 {
+                    let dirty = cache.dirtyDnodes(for: checkpoint)
+                    let expected = model.filter {
+                        switch $0.value { case .present(_, let dirty): dirty != 0; case .destroyed: true }
+                    }
+                    #expect(dirty.map(\.objectNumber) == expected.keys.sorted(), "seed \(seed), step \(step)")
+                    cache.markClean(through: checkpoint)
+                    for (key, value) in model {
+                        switch value {
+                        case .present(let size, _): model[key] = .present(size, dirty: 0)
+                        case .destroyed: model[key] = nil
+                        }
+                    }
+                    checkpoint += 1
+                }
+            default:
+                switch model[object] {
+                case .present(let size, _)?:
+                    #expect(cache.withDnode(object) { $0.sizeBytes } == size, "seed \(seed), step \(step), object \(object)")
+                case .destroyed?: #expect(cache.lookup(object) == .destroyed, "seed \(seed), step \(step), object \(object)")
+                case nil: #expect(cache.lookup(object) == .absent, "seed \(seed), step \(step), object \(object)")
+                }
+            }
+        }
+        for object in 0 ..< UInt64(2000) {
+            let found = cache.lookup(object)
+            switch model[object] {
+            case .present(let size, _)?:
+                #expect(cache.withDnode(object) { $0.sizeBytes } == size, "seed \(seed), object \(object)")
+            case .destroyed?: #expect(found == .destroyed, "seed \(seed), object \(object)")
+            case nil: #expect(found == .absent, "seed \(seed), object \(object)")
+            }
+        }
+        #expect(cache.statistics.cachedCount == model.count && cache.statistics.evictions == 0, "seed \(seed)")
+    }
+}
+
+/// A small seeded generator for the model test (SplitMix64).
+private struct SplitMix {
+    var state: UInt64
+    mutating func next() -> UInt64 {
+        state &+= 0x9E37_79B9_7F4A_7C15
+        var value = state
+        value = (value ^ (value >> 30)) &* 0xBF58_476D_1CE4_E5B9
+        value = (value ^ (value >> 27)) &* 0x94D0_49BB_1331_11EB
+        return value ^ (value >> 31)
     }
 }
