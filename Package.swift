@@ -72,6 +72,13 @@ let package = Package(
             dependencies: ["StrataIO", "StrataPool", "StrataTesting"],
             path: "Sources/StrataPoolCrash"
         ),
+        // The object store (StrataDMU) as a client of the crash harness: its SystemUnderTest, model
+        // and workloads, shared by the tests and strata-crash.
+        .target(
+            name: "StrataDMUCrash",
+            dependencies: ["StrataIO", "StrataPool", "StrataLog", "StrataDMU", "StrataTesting", "StrataPoolCrash"],
+            path: "Sources/StrataDMUCrash"
+        ),
         .executableTarget(
             name: "strata",
             dependencies: [
@@ -83,7 +90,7 @@ let package = Package(
         .executableTarget(
             name: "strata-crash",
             dependencies: [
-                "StrataIO", "StrataPool", "StrataTesting", "StrataPoolCrash",
+                "StrataIO", "StrataPool", "StrataTesting", "StrataPoolCrash", "StrataDMUCrash",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
             path: "Sources/strata-crash"
@@ -123,6 +130,12 @@ let package = Package(
             name: "StrataDMUTests",
             dependencies: ["StrataDMU", "StrataLog", "StrataPool", "StrataIO", "StrataTesting", "AllocCounter"],
             path: "Tests/StrataDMUTests"
+        ),
+        // Crash-injection suite of the object store (its own target: STYLE.md).
+        .testTarget(
+            name: "StrataDMUCrashTests",
+            dependencies: ["StrataDMUCrash", "StrataDMU", "StrataLog", "StrataPool", "StrataIO", "StrataTesting"],
+            path: "Tests/StrataDMUCrashTests"
         ),
     ],
     swiftLanguageModes: [.v6]

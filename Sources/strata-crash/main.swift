@@ -1,10 +1,11 @@
 // strata-crash — the crash harness from the command line.
 //
-//   strata-crash [--workload kv-random|pool-random|…] [--bug NAME]... [--seed 42] [--images 2000]
+//   strata-crash [--workload kv-random|pool-random|dmu-random|…] [--bug NAME]... [--seed 42] [--images 2000]
 //                [--memory-budget 256M] [--long] [--replay SEED:STEP:IMAGE] [--list]
 //
 // Runs a workload of a system under test — the fixture store (kv-*, optionally with planted
-// bugs) or the pool (pool-*, optionally over devices with a planted flush fault) — for
+// bugs), the pool (pool-*, optionally over devices with a planted flush fault) or the object
+// store (dmu-*, optionally with a planted log or device bug) — for
 // consecutive seeds from --seed until --images crash images are checked, prints each violation
 // with the one command that replays it, and ends with a summary line:
 //
@@ -15,6 +16,7 @@
 
 import ArgumentParser
 import Foundation
+import StrataDMUCrash
 import StrataIO
 import StrataPoolCrash
 import StrataTesting
@@ -39,8 +41,10 @@ struct CrashDriver {
 let workloadSummaries: [(name: String, summary: String, caseCount: UInt64?)] =
     FixtureStoreSystem.workloads.map { ($0.name, $0.summary, $0.caseCount) }
     + PoolCrashSystem.workloads.map { ($0.name, "\($0.workload.summary) [\($0.system.name)]", $0.workload.caseCount) }
+    + DMUCrashSystem.workloads.map { ($0.name, "\($0.workload.summary) [\($0.system.name)]", $0.workload.caseCount) }
 
 func isPoolWorkload(_ name: String) -> Bool { PoolCrashSystem.workloads.contains { $0.name == name } }
+func isDMUWorkload(_ name: String) -> Bool { DMUCrashSystem.workloads.contains { $0.name == name } }
 
 struct StrataCrash: ParsableCommand {
     static let configuration = CommandConfiguration(
@@ -49,7 +53,8 @@ struct StrataCrash: ParsableCommand {
         discussion: """
         Workloads: \(workloadSummaries.map { "\($0.name) (\($0.summary))" }.joined(separator: "; ")).
         Planted bugs (--bug, repeatable): fixture store (kv-*): \(FixtureStore.Bugs.named.map(\.name).joined(separator: ", ")); \
-        pool (pool-*, one at most): \(FlushFaultDevice.Fault.allCases.map(\.rawValue).joined(separator: ", ")).
+        pool (pool-*, one at most): \(FlushFaultDevice.Fault.allCases.map(\.rawValue).joined(separator: ", ")); \
+        object store (dmu-*, one at most): \(DMUCrashSystem.Bug.allCases.map(\.rawValue).joined(separator: ", ")).
         Each violation prints SEED:STEP:IMAGE and a command that replays exactly that image.
         """
     )
@@ -57,7 +62,7 @@ struct StrataCrash: ParsableCommand {
     @Option(help: "Workload name (see --list).")
     var workload: String = "kv-random"
 
-    @Option(help: "Plant a bug: in the fixture store (kv-*, repeatable): ack-before-flush, root-without-checksum, reuse-freed-block, replay-torn-tail; under the pool (pool-*): flush-ignored, writes-after-flush.")
+    @Option(help: "Plant a bug: in the fixture store (kv-*, repeatable): ack-before-flush, root-without-checksum, reuse-freed-block, replay-torn-tail; under the pool (pool-*): flush-ignored, writes-after-flush; under the object store (dmu-*): callbacks-before-durable, data-flush-ignored.")
     var bug: [String] = []
 
     @Option(help: "First seed (for exhaustive workloads: the first case index).")
@@ -91,7 +96,7 @@ struct StrataCrash: ParsableCommand {
         if let replay {
             do { _ = try ReplayAddress(parsing: replay) } catch { throw ValidationError(error.description) }
         }
-        if !isPoolWorkload(workload) {
+        if !isPoolWorkload(workload) && !isDMUWorkload(workload) {
             do { _ = try FixtureStoreSystem.workload(named: workload) } catch {
                 throw ValidationError(CrashTestError.unknownWorkload(name: workload, known: workloadSummaries.map(\.name)).description)
             }
@@ -101,6 +106,19 @@ struct StrataCrash: ParsableCommand {
 
     /// The driver for --workload with the planted --bug(s).
     func driver(options: CrashRunOptions) throws -> CrashDriver {
+        if isDMUWorkload(workload) {
+            let entry = try DMUCrashSystem.workload(named: workload)
+            guard bug.count <= 1 else { throw ValidationError("the object store takes one --bug at most, not \(bug.count)") }
+            var planted: DMUCrashSystem.Bug? = nil
+            if let name = bug.first {
+                guard let match = DMUCrashSystem.Bug(rawValue: name) else {
+                    throw ValidationError("unknown object store bug '\(name)' (known: \(DMUCrashSystem.Bug.allCases.map(\.rawValue).joined(separator: ", ")))")
+                }
+                planted = match
+            }
+            let system = DMUCrashSystem(durability: entry.system.durability, bug: planted)
+            return CrashDriver(system: system, workload: entry.workload, options: options)
+        }
         if isPoolWorkload(workload) {
             let entry = try PoolCrashSystem.workload(named: workload)
             guard bug.count <= 1 else { throw ValidationError("the pool takes one --bug at most, not \(bug.count)") }
@@ -151,6 +169,7 @@ struct StrataCrash: ParsableCommand {
             }
             print("bugs (kv-*): \(FixtureStore.Bugs.named.map(\.name).joined(separator: ", "))")
             print("bugs (pool-*): \(FlushFaultDevice.Fault.allCases.map { "\($0.rawValue) (\($0.summary))" }.joined(separator: ", "))")
+            print("bugs (dmu-*): \(DMUCrashSystem.Bug.allCases.map { "\($0.rawValue) (\($0.summary))" }.joined(separator: ", "))")
             return
         }
         var prefix = "strata-crash"
