@@ -72,10 +72,11 @@ let package = Package(
             dependencies: ["StrataIO", "StrataPool", "StrataTesting"],
             path: "Sources/StrataPoolCrash"
         ),
-        // The object store as a client of the crash harness (issue 6, part 10).
+        // The object store (StrataDMU) as a client of the crash harness: its SystemUnderTest, model
+        // and workloads, shared by the tests and strata-crash.
         .target(
             name: "StrataDMUCrash",
-            dependencies: ["StrataIO", "StrataPool", "StrataLog", "StrataDMU", "StrataTesting"],
+            dependencies: ["StrataIO", "StrataPool", "StrataLog", "StrataDMU", "StrataTesting", "StrataPoolCrash"],
             path: "Sources/StrataDMUCrash"
         ),
         .executableTarget(
@@ -127,8 +128,14 @@ let package = Package(
         ),
         .testTarget(
             name: "StrataDMUTests",
-            dependencies: ["StrataDMU", "StrataLog", "StrataPool", "StrataIO", "StrataTesting", "StrataDMUCrash", "AllocCounter"],
+            dependencies: ["StrataDMU", "StrataLog", "StrataPool", "StrataIO", "StrataTesting", "AllocCounter"],
             path: "Tests/StrataDMUTests"
+        ),
+        // Crash-injection suite of the object store (its own target: STYLE.md).
+        .testTarget(
+            name: "StrataDMUCrashTests",
+            dependencies: ["StrataDMUCrash", "StrataDMU", "StrataLog", "StrataPool", "StrataIO", "StrataTesting"],
+            path: "Tests/StrataDMUCrashTests"
         ),
     ],
     swiftLanguageModes: [.v6]

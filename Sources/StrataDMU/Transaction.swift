@@ -155,14 +155,17 @@ public final class Transaction {
 
     /// Appends the records of the operations performed as one log group and releases the
     /// transaction's locks; returns without waiting for the disk. `onCommit` fires (on the log
-    /// writer's thread, in commit order) once the records are durable, or at once when the
-    /// transaction changed nothing.
+    /// writer's thread, in commit order) once the records are durable. A transaction that changed
+    /// nothing has no records, but its callback still promises that everything stopped before it
+    /// is durable (commit order: a caller may advance a "last committed" mark with it), so it
+    /// fires once the log is durable through its last appended record — at once when nothing is
+    /// pending, else after a `sync` taken once the locks and the gate are released.
     public func stop(onCommit: IntentLog.CommitCallback? = nil) throws(ObjectStoreError) {
         precondition(phase == .started, "stop of a transaction not started")
         phase = .stopped
         var failure: ObjectStoreError? = nil
         if records.isEmpty {
-            onCommit?(0)
+            // After the locks (below): a sync must not hold what a checkpoint freeing log room waits for.
         } else if let log = store.log {
             do {
                 try log.appendGroup(records, flushingFirst: flushMask, onDurable: onCommit)
@@ -177,6 +180,12 @@ public final class Transaction {
         for stripe in lockedStripes.reversed() { store.stripes[stripe].unlock() }
         lockedStripes = []
         store.leaveGate(transactions: 1)
+        if records.isEmpty, let onCommit {
+            if let log = store.log, case let usage = log.usage, usage.durableLSN < usage.appendedLSN {
+                do { try log.sync() } catch { throw .log(error) }
+            }
+            onCommit(0)
+        }
         records = []
         if let failure { throw failure }
     }

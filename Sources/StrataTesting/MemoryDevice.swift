@@ -15,6 +15,10 @@
 import StrataIO
 import Synchronization
 
+#if canImport(Glibc)
+import Glibc
+#endif
+
 /// A sparse in-memory `BlockStorage`: unwritten blocks read as zeros, writes are immediate.
 ///
 /// Use it as the device a system under test is formatted on, and take `snapshot()`s as the
@@ -63,7 +67,8 @@ public final class MemoryDevice: BlockStorage {
         let firstBlock = offset / UInt64(blockSizeBytes)
         try map.withLock { (map: inout BlockMap) throws(IOError) in
             try map.read(into: buffer, firstBlock: firstBlock) { (hole: UnsafeMutableRawBufferPointer, _: UInt64) throws(IOError) in
-                hole.initializeMemory(as: UInt8.self, repeating: 0)
+                // memset: `initializeMemory(as:repeating:)` is a byte loop in debug builds.
+                if let base = hole.baseAddress { memset(base, 0, hole.count) }
             }
         }
     }

@@ -1,11 +1,11 @@
 // strata-crash — the crash harness from the command line.
 //
-//   strata-crash [--workload kv-random|pool-random|…] [--bug NAME]... [--seed 42] [--images 2000]
+//   strata-crash [--workload kv-random|pool-random|dmu-random|…] [--bug NAME]... [--seed 42] [--images 2000]
 //                [--memory-budget 256M] [--long] [--replay SEED:STEP:IMAGE] [--list]
 //
 // Runs a workload of a system under test — the fixture store (kv-*, optionally with planted
 // bugs), the pool (pool-*, optionally over devices with a planted flush fault) or the object
-// store (object-*, optionally with the log acknowledging before its flush) — for
+// store (dmu-*, optionally with a planted log or device bug) — for
 // consecutive seeds from --seed until --images crash images are checked, prints each violation
 // with the one command that replays it, and ends with a summary line:
 //
@@ -41,11 +41,10 @@ struct CrashDriver {
 let workloadSummaries: [(name: String, summary: String, caseCount: UInt64?)] =
     FixtureStoreSystem.workloads.map { ($0.name, $0.summary, $0.caseCount) }
     + PoolCrashSystem.workloads.map { ($0.name, "\($0.workload.summary) [\($0.system.name)]", $0.workload.caseCount) }
-    + StoreCrashSystem.workloads.map { ($0.name, "\($0.summary) [object-store]", $0.caseCount) }
-
-func isStoreWorkload(_ name: String) -> Bool { StoreCrashSystem.workload(named: name) != nil }
+    + DMUCrashSystem.workloads.map { ($0.name, "\($0.workload.summary) [\($0.system.name)]", $0.workload.caseCount) }
 
 func isPoolWorkload(_ name: String) -> Bool { PoolCrashSystem.workloads.contains { $0.name == name } }
+func isDMUWorkload(_ name: String) -> Bool { DMUCrashSystem.workloads.contains { $0.name == name } }
 
 struct StrataCrash: ParsableCommand {
     static let configuration = CommandConfiguration(
@@ -54,7 +53,8 @@ struct StrataCrash: ParsableCommand {
         discussion: """
         Workloads: \(workloadSummaries.map { "\($0.name) (\($0.summary))" }.joined(separator: "; ")).
         Planted bugs (--bug, repeatable): fixture store (kv-*): \(FixtureStore.Bugs.named.map(\.name).joined(separator: ", ")); \
-        pool (pool-*, one at most): \(FlushFaultDevice.Fault.allCases.map(\.rawValue).joined(separator: ", ")).
+        pool (pool-*, one at most): \(FlushFaultDevice.Fault.allCases.map(\.rawValue).joined(separator: ", ")); \
+        object store (dmu-*, one at most): \(DMUCrashSystem.Bug.allCases.map(\.rawValue).joined(separator: ", ")).
         Each violation prints SEED:STEP:IMAGE and a command that replays exactly that image.
         """
     )
@@ -62,7 +62,7 @@ struct StrataCrash: ParsableCommand {
     @Option(help: "Workload name (see --list).")
     var workload: String = "kv-random"
 
-    @Option(help: "Plant a bug: in the fixture store (kv-*, repeatable): ack-before-flush, root-without-checksum, reuse-freed-block, replay-torn-tail; under the pool (pool-*): flush-ignored, writes-after-flush.")
+    @Option(help: "Plant a bug: in the fixture store (kv-*, repeatable): ack-before-flush, root-without-checksum, reuse-freed-block, replay-torn-tail; under the pool (pool-*): flush-ignored, writes-after-flush; under the object store (dmu-*): callbacks-before-durable, data-flush-ignored.")
     var bug: [String] = []
 
     @Option(help: "First seed (for exhaustive workloads: the first case index).")
@@ -96,7 +96,7 @@ struct StrataCrash: ParsableCommand {
         if let replay {
             do { _ = try ReplayAddress(parsing: replay) } catch { throw ValidationError(error.description) }
         }
-        if !isPoolWorkload(workload) && !isStoreWorkload(workload) {
+        if !isPoolWorkload(workload) && !isDMUWorkload(workload) {
             do { _ = try FixtureStoreSystem.workload(named: workload) } catch {
                 throw ValidationError(CrashTestError.unknownWorkload(name: workload, known: workloadSummaries.map(\.name)).description)
             }
@@ -106,11 +106,18 @@ struct StrataCrash: ParsableCommand {
 
     /// The driver for --workload with the planted --bug(s).
     func driver(options: CrashRunOptions) throws -> CrashDriver {
-        if let storeWorkload = StoreCrashSystem.workload(named: workload) {
-            guard bug.allSatisfy({ $0 == "ack-before-flush" }), bug.count <= 1 else {
-                throw ValidationError("the object store knows one bug: ack-before-flush")
+        if isDMUWorkload(workload) {
+            let entry = try DMUCrashSystem.workload(named: workload)
+            guard bug.count <= 1 else { throw ValidationError("the object store takes one --bug at most, not \(bug.count)") }
+            var planted: DMUCrashSystem.Bug? = nil
+            if let name = bug.first {
+                guard let match = DMUCrashSystem.Bug(rawValue: name) else {
+                    throw ValidationError("unknown object store bug '\(name)' (known: \(DMUCrashSystem.Bug.allCases.map(\.rawValue).joined(separator: ", ")))")
+                }
+                planted = match
             }
-            return CrashDriver(system: StoreCrashSystem(acknowledgesBeforeFlush: !bug.isEmpty), workload: storeWorkload, options: options)
+            let system = DMUCrashSystem(durability: entry.system.durability, bug: planted)
+            return CrashDriver(system: system, workload: entry.workload, options: options)
         }
         if isPoolWorkload(workload) {
             let entry = try PoolCrashSystem.workload(named: workload)
@@ -162,7 +169,7 @@ struct StrataCrash: ParsableCommand {
             }
             print("bugs (kv-*): \(FixtureStore.Bugs.named.map(\.name).joined(separator: ", "))")
             print("bugs (pool-*): \(FlushFaultDevice.Fault.allCases.map { "\($0.rawValue) (\($0.summary))" }.joined(separator: ", "))")
-            print("bugs (object-*): ack-before-flush (the intent log acknowledges between its write and its flush)")
+            print("bugs (dmu-*): \(DMUCrashSystem.Bug.allCases.map { "\($0.rawValue) (\($0.summary))" }.joined(separator: ", "))")
             return
         }
         var prefix = "strata-crash"
