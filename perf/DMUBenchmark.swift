@@ -1,19 +1,24 @@
 // strata-perf dmu — the object store's durable write paths, anchored to fio in the same run.
 //
 //   strata-perf dmu [--target file|zram] [--dir PATH] [--size 8G] [--seconds 3] [--rounds 3]
-//                   [--threads 1,16] [--replay-bytes 1G] [--smoke]
+//                   [--threads 1,16] [--depth 2] [--workloads new1m,overwrite4k] [--replay-bytes 1G] [--smoke]
 //
 // What is measured (one pool on the target, one device holding every role; default settings
 // except a 1 s checkpoint interval so deferred frees come back within a run):
-//   - new1m: T threads each create an object and write 1 MiB to it in one transaction and wait
-//     for its commit callback (durable), in a loop; every thread destroys its objects older than
+//   - new1m: T threads each create an object and write 1 MiB to it in one transaction, durable
+//     (commit callback), in a loop; every thread destroys its objects older than
 //     its last 8 (separate transactions, not waited). MiB/s against fio 1 MiB sequential write
 //     QD32 (io_uring, direct). The data goes to new extents; the record waits for the data's
 //     flush (one per batch).
 //   - overwrite4k: 100 objects of 4 MiB written and checkpointed first; T threads overwrite a
-//     random 4 KiB block of a random object and wait for durability, in a loop. IOPS against fio
+//     random 4 KiB block of a random object, durable, in a loop. IOPS against fio
 //     4 KiB randwrite QD32. The data travels in the log: one sequential append per write.
 //   - commit latency p50/p99 (stop → callback) of both at each thread count.
+//   Each thread keeps up to --depth transactions stopped and not yet durable (default 2, so 16
+//   threads keep 32 in flight like fio's QD32; --depth 1 waits for each before the next). A
+//   transaction counts only once its commit callback fired, and a thread drains its own before
+//   the clock stops. The OSD API is asynchronous in the same way: stop returns, the callback
+//   tells the caller it is durable.
 //   Rounds interleave the sides (fio 1M, fio 4k, then the store on a fresh pool), medians are
 //   reported; fio overwrites the target, so each round creates a new pool.
 //   - checkpoint: after overwrite4k, the checkpoint that takes its dirty pages home, timed:
@@ -40,7 +45,7 @@ struct DMUBenchmark: ParsableCommand {
         abstract: "Object store: durable 1 MiB writes into new objects and 4 KiB overwrites (vs fio), commit latency, checkpoint rate, replay of a full log."
     )
 
-    @Option(help: "file (a file in --dir) or zram (/dev/zram0, overwritten).")
+    @Option(help: "file (a file in --dir) or zram (/dev/zram0, overwritten; zramN for /dev/zramN).")
     var target: String = "file"
     @Option(help: "Directory for the file target (must support O_DIRECT; default: current directory).")
     var dir: String = "."
@@ -52,6 +57,10 @@ struct DMUBenchmark: ParsableCommand {
     var rounds: Int?
     @Option(help: "Comma-separated thread counts (default 1,16).")
     var threads: String = "1,16"
+    @Option(help: "Transactions each thread keeps stopped and not yet durable (default 2: 16 threads keep 32 in flight, fio's QD32; 1: each thread waits for each).")
+    var depth: Int = 2
+    @Option(help: "Comma-separated workloads: new1m (1 MiB creates), overwrite4k (4 KiB overwrites) (default both).")
+    var workloads: String = "new1m,overwrite4k"
     @Option(help: "Log bytes to fill and replay (default 1G; --smoke 16M; 0 skips).")
     var replayBytes: String?
     @Flag(help: "Tiny sizes and short runs: checks that the benchmark works.")
@@ -68,8 +77,14 @@ struct DMUBenchmark: ParsableCommand {
         let sizeBytes = try size.map(parseSize) ?? (smoke ? 1 << 30 : 8 << 30)
         let runSeconds = seconds ?? (smoke ? 0.3 : 3)
         let roundCount = rounds ?? (smoke ? 1 : 3)
-        let fillBytes = try replayBytes.map(parseSize) ?? (smoke ? 16 << 20 : 1 << 30)
+        let fillBytes = try replayBytes.map { $0 == "0" ? 0 : try parseSize($0) } ?? (smoke ? 16 << 20 : 1 << 30)
         let threadCounts = threads.split(separator: ",").compactMap { Int($0) }
+        let chosen = Set(workloads.split(separator: ",").map(String.init))
+        guard !chosen.isEmpty, chosen.isSubset(of: ["new1m", "overwrite4k"]) else {
+            throw ValidationError("--workloads takes new1m and/or overwrite4k, not \(workloads)")
+        }
+        guard depth >= 1 && depth <= 1024 else { throw ValidationError("--depth must be 1…1024, not \(depth)") }
+        let runsNew1m = chosen.contains("new1m"), runsOverwrite4k = chosen.contains("overwrite4k")
         let scratch = try makeTempDirectory(base: "/tmp")
         defer { removeTree(scratch) }
         let path: String
@@ -79,30 +94,32 @@ struct DMUBenchmark: ParsableCommand {
             directory = try makeTempDirectory(base: dir)
             path = directory! + "/dmu-target.img"
             try createSparseFile(path, size: sizeBytes)
-        case "zram":
-            path = try prepareTarget("zram", wipe: false, sizeBytes: sizeBytes, directory: scratch, scratch: scratch).path
+        case let spec where isZramTarget(spec):
+            path = try prepareTarget(spec, wipe: false, sizeBytes: sizeBytes, directory: scratch, scratch: scratch).path
         default:
-            throw ValidationError("--target must be file or zram")
+            throw ValidationError("--target must be file, zram or zramN")
         }
         defer { if let directory { removeTree(directory) } }
         let hasFio = (try? Fio.ensureInstalled(scratch: scratch)) != nil
         let fioSize = min(sizeBytes / 2, 2 << 30)
-        print("strata-perf dmu: \(target) target \(path), \(sizeBytes >> 20) MiB, \(roundCount) rounds of \(runSeconds) s")
+        print("strata-perf dmu: \(target) target \(path), \(sizeBytes >> 20) MiB, \(roundCount) rounds of \(runSeconds) s, \(depth) transaction(s) in flight per thread")
 
         var fio1m: [Double] = [], fio4k: [Double] = []
         var new1m: [Int: [Run]] = [:], over4k: [Int: [Run]] = [:]
         var checkpointRates: [Double] = [], switchMaxMs: [Double] = []
         for round in 0..<roundCount {
-            if hasFio {
+            if hasFio && runsNew1m {
                 if let m = try? runFioAnchor(path: path, scratch: scratch, seconds: runSeconds, arguments: [
                     "--ioengine=io_uring", "--rw=write", "--bs=1m", "--iodepth=32", "--size=\(fioSize)"]) { fio1m.append(m.mibPerSecond) }
+            }
+            if hasFio && runsOverwrite4k {
                 if let m = try? runFioAnchor(path: path, scratch: scratch, seconds: runSeconds, arguments: [
                     "--ioengine=io_uring", "--rw=randwrite", "--bs=4k", "--iodepth=32", "--size=\(fioSize)", "--norandommap", "--randrepeat=0"]) {
                     fio4k.append(m.iops)
                 }
             }
             let (store, device) = try openStore(path: path, sizeBytes: sizeBytes, replay: false)
-            for count in threadCounts {
+            for count in threadCounts where runsNew1m {
                 do {
                     new1m[count, default: []].append(try newObjects(store, threads: count, seconds: runSeconds))
                 } catch {
@@ -111,8 +128,8 @@ struct DMUBenchmark: ParsableCommand {
                     throw error
                 }
             }
-            let objects = try preallocate(store, count: 100, bytes: 4 << 20)
-            for count in threadCounts {
+            let objects = runsOverwrite4k ? try preallocate(store, count: 100, bytes: 4 << 20) : []
+            for count in threadCounts where runsOverwrite4k {
                 over4k[count, default: []].append(try overwrites(store, objects: objects, threads: count, seconds: runSeconds))
             }
             let before = store.statistics
@@ -136,21 +153,21 @@ struct DMUBenchmark: ParsableCommand {
         let fio4kMedian = fio4k.isEmpty ? nil : median(fio4k)
         print("  fio 1 MiB write QD32: \(fio1mMedian.map { fixed($0, 0) + " MiB/s" } ?? "not measured");  fio 4 KiB randwrite QD32: \(fio4kMedian.map { fixed($0, 0) + " IOPS" } ?? "not measured")")
         print("  workload      threads   median          commit p50 µs  p99 µs   vs fio")
-        for count in threadCounts {
+        for count in threadCounts where runsNew1m {
             let runs = new1m[count]!
             let value = median(runs.map(\.perSecond))
             print("  new1m         " + pad("\(count)", 7, left: true) + "   " + pad(fixed(value, 0) + " MiB/s", 13, left: true)
                   + "  " + pad(fixed(median(runs.map(\.p50Microseconds)), 0), 13, left: true) + "  " + pad(fixed(median(runs.map(\.p99Microseconds)), 0), 6, left: true)
                   + "   " + (fio1mMedian.map { fixed(value / $0, 2) + "x" } ?? "-"))
         }
-        for count in threadCounts {
+        for count in threadCounts where runsOverwrite4k {
             let runs = over4k[count]!
             let value = median(runs.map(\.perSecond))
             print("  overwrite4k   " + pad("\(count)", 7, left: true) + "   " + pad(fixed(value, 0) + " IOPS", 13, left: true)
                   + "  " + pad(fixed(median(runs.map(\.p50Microseconds)), 0), 13, left: true) + "  " + pad(fixed(median(runs.map(\.p99Microseconds)), 0), 6, left: true)
                   + "   " + (fio4kMedian.map { fixed(value / $0, 2) + "x" } ?? "-"))
         }
-        print("  checkpoint after overwrite4k: \(fixed(median(checkpointRates), 0)) MiB/s written; longest switch \(fixed(switchMaxMs.max() ?? 0, 2)) ms")
+        print("  checkpoint after \(runsOverwrite4k ? "overwrite4k" : "new1m"): \(fixed(median(checkpointRates), 0)) MiB/s written; longest switch \(fixed(switchMaxMs.max() ?? 0, 2)) ms")
 
         if fillBytes > 0 { try replay(path: path, sizeBytes: sizeBytes, fillBytes: fillBytes) }
     }
@@ -175,12 +192,33 @@ struct DMUBenchmark: ParsableCommand {
         return (try ObjectStore.open(pool: pool, settings: settings(replay: replay, fillBytes: fillBytes, sizeBytes: sizeBytes)), device)
     }
 
-    /// Runs `body(thread)` on `count` threads until the deadline; each call returns the latency
-    /// (ns) of one durable transaction, or nil when it did not count.
-    func loop(threads count: Int, seconds: Double, _ body: @escaping @Sendable (Int) throws -> UInt64?) throws -> (done: Int, elapsed: Double, histogram: LatencyHistogram) {
-        let histograms = (0..<count).map { _ in LatencyHistogram() }
-        nonisolated(unsafe) let shared = histograms
-        let done = Mutex(0)
+    /// A latency histogram that commit callbacks (on the log's writer thread) and its owner share.
+    final class LockedHistogram: @unchecked Sendable {
+        private let lock = Mutex(())
+        private let histogram = LatencyHistogram()
+        func record(_ nanoseconds: UInt64) { lock.withLock { _ in histogram.record(nanoseconds) } }
+        func merge(into other: LatencyHistogram) { lock.withLock { _ in other.merge(histogram) } }
+    }
+
+    /// What a loop body hands back: how to stop its transaction so that the loop learns when it
+    /// is durable. `stop(transaction)` stops it with a callback that counts it and records its
+    /// stop → durable latency, once.
+    struct Completion {
+        let stop: (Transaction) throws -> Void
+    }
+
+    /// Runs `body(thread, completion)` on `count` threads until the deadline, each thread keeping
+    /// at most `depth` transactions stopped and not yet durable (depth 1: it waits for each).
+    /// A transaction counts when its commit callback fires; the thread drains its own before it
+    /// ends, so the elapsed time covers every counted transaction.
+    func loop(threads count: Int, depth: Int, seconds: Double,
+              _ body: @escaping @Sendable (Int, Completion) throws -> Void) throws -> (done: Int, elapsed: Double, histogram: LatencyHistogram) {
+        precondition(depth >= 1)
+        let histograms = (0..<count).map { _ in LockedHistogram() }
+        let shared = histograms
+        nonisolated(unsafe) let doneRef = UnsafeMutablePointer<Atomic<Int>>.allocate(capacity: 1)
+        doneRef.initialize(to: Atomic<Int>(0))
+        defer { doneRef.deinitialize(count: 1); doneRef.deallocate() }
         let failure = Mutex<String?>(nil)
         let deadline = monotonicNanoseconds() + UInt64(seconds * 1e9)
         let group = DispatchGroup()
@@ -189,36 +227,36 @@ struct DMUBenchmark: ParsableCommand {
             group.enter()
             Thread.detachNewThread {
                 defer { group.leave() }
-                var mine = 0
+                let slots = DispatchSemaphore(value: depth)
+                let completion = Completion { transaction in
+                    let stopped = monotonicNanoseconds()
+                    try transaction.stop { _ in
+                        let latency = monotonicNanoseconds() - stopped
+                        shared[thread].record(latency)
+                        doneRef.pointee.wrappingAdd(1, ordering: .relaxed)
+                        slots.signal()
+                    }
+                }
                 while monotonicNanoseconds() < deadline {
+                    slots.wait()
                     do {
-                        if let latency = try body(thread) {
-                            shared[thread].record(latency)
-                            mine += 1
-                        }
+                        try body(thread, completion)
                     } catch {
+                        slots.signal()
                         failure.withLock { $0 = "\(error)" }
                         break
                     }
                 }
-                done.withLock { $0 += mine }
+                for _ in 0..<depth { slots.wait() }     // every stopped transaction durable
+                for _ in 0..<depth { slots.signal() }   // libdispatch traps on disposing a semaphore below its initial value
             }
         }
         group.wait()
         let elapsed = Double(monotonicNanoseconds() - start) / 1e9
         if let failure = failure.withLock({ $0 }) { throw ValidationError("workload failed: \(failure)") }
         let merged = LatencyHistogram()
-        for histogram in histograms { merged.merge(histogram) }
-        return (done.withLock { $0 }, elapsed, merged)
-    }
-
-    /// One transaction stopped with a callback that signals; returns stop → durable in ns.
-    static func stopAndWait(_ transaction: Transaction) throws -> UInt64 {
-        let semaphore = DispatchSemaphore(value: 0)
-        let stopped = monotonicNanoseconds()
-        try transaction.stop { _ in semaphore.signal() }
-        semaphore.wait()
-        return monotonicNanoseconds() - stopped
+        for histogram in histograms { histogram.merge(into: merged) }
+        return (doneRef.pointee.load(ordering: .relaxed), elapsed, merged)
     }
 
     func newObjects(_ store: ObjectStore, threads count: Int, seconds: Double) throws -> Run {
@@ -227,14 +265,14 @@ struct DMUBenchmark: ParsableCommand {
         fillRandom(data)                        // incompressible, as fio's buffers (zram compresses)
         nonisolated(unsafe) let buffer = UnsafeRawBufferPointer(data)
         let owned = Mutex<[[UInt64]]>(Array(repeating: [], count: count))
-        let result = try loop(threads: count, seconds: seconds) { thread in
+        let result = try loop(threads: count, depth: depth, seconds: seconds) { thread, completion in
             let transaction = store.transaction()
             let object = transaction.declareCreate()
             transaction.declareWrite(object, offset: 0, length: buffer.count)
             try transaction.start()
             try transaction.create(object, type: .regular)
             try transaction.write(object, at: 0, buffer)
-            let latency = try Self.stopAndWait(transaction)
+            try completion.stop(transaction)
             let old = owned.withLock { lists -> UInt64? in
                 lists[thread].append(object)
                 return lists[thread].count > 8 ? lists[thread].removeFirst() : nil
@@ -246,7 +284,6 @@ struct DMUBenchmark: ParsableCommand {
                 try destroy.destroy(old)
                 try destroy.stop()
             }
-            return latency
         }
         // Leave the store small for the next workload.
         for list in owned.withLock({ $0 }) {
@@ -288,7 +325,7 @@ struct DMUBenchmark: ParsableCommand {
         defer { random.deallocate() }
         fillRandom(random)
         nonisolated(unsafe) let randomBytes = UnsafeRawBufferPointer(random)
-        let result = try loop(threads: count, seconds: seconds) { thread in
+        let result = try loop(threads: count, depth: depth, seconds: seconds) { _, completion in
             let start = Int.random(in: 0..<(randomBytes.count / 4096)) * 4096
             let block = UnsafeRawBufferPointer(rebasing: randomBytes[start ..< start + 4096])
             let object = objects[Int.random(in: 0..<objects.count)]
@@ -297,7 +334,7 @@ struct DMUBenchmark: ParsableCommand {
             transaction.declareWrite(object, offset: offset, length: 4096)
             try transaction.start()
             try transaction.write(object, at: offset, block)
-            return try Self.stopAndWait(transaction)
+            try completion.stop(transaction)
         }
         return Run(perSecond: Double(result.done) / result.elapsed, p50Microseconds: result.histogram.percentile(0.5) / 1000,
                    p99Microseconds: result.histogram.percentile(0.99) / 1000)

@@ -46,8 +46,14 @@ func createSparseFile(_ path: String, size: UInt64) throws {
     }
 }
 
+/// zram is /dev/zram0; zramN names another zram device (e.g. one made with zram-control/hot_add
+/// while zram0 is busy).
+func isZramTarget(_ spec: String) -> Bool {
+    spec == "zram" || (spec.hasPrefix("zram") && !spec.dropFirst(4).isEmpty && spec.dropFirst(4).allSatisfy(\.isNumber))
+}
+
 func prepareTarget(_ spec: String, wipe: Bool, sizeBytes: UInt64, directory: String, scratch: String) throws -> Target {
-    switch spec {
+    switch isZramTarget(spec) ? "zram" : spec {
     case "file":
         var dir = scratch
         if directory != scratch {
@@ -88,8 +94,9 @@ func prepareTarget(_ spec: String, wipe: Bool, sizeBytes: UInt64, directory: Str
 
     case "zram":
         try requireRoot("--target zram")
-        let device = "/dev/zram0"
-        let sys = "/sys/block/zram0"
+        let name = spec == "zram" ? "zram0" : spec
+        let device = "/dev/\(name)"
+        let sys = "/sys/block/\(name)"
         guard FileManager.default.fileExists(atPath: device), FileManager.default.fileExists(atPath: sys) else {
             throw PerfError.target("\(device) does not exist (load the module: modprobe zram)")
         }
@@ -97,14 +104,14 @@ func prepareTarget(_ spec: String, wipe: Bool, sizeBytes: UInt64, directory: Str
            swaps.split(separator: "\n").dropFirst().contains(where: { $0.split(separator: " ").first.map(String.init) == device }) {
             throw PerfError.target("\(device) is in use as swap (/proc/swaps); refusing to write to it")
         }
-        try refuseIfMounted(device: device, sysName: "zram0")
+        try refuseIfMounted(device: device, sysName: name)
         var size = sizeBytes
         var notes: [String] = []
         let current = UInt64(readTextFile(sys + "/disksize")?.trimmingSpacesAndNewlines ?? "") ?? 0
         if current == 0 {
             progress("strata-perf: + echo \(sizeBytes) > \(sys)/disksize")
             try writeSysfs(sys + "/disksize", "\(sizeBytes)")
-            Cleanup.shared.add("reset zram0") {
+            Cleanup.shared.add("reset \(name)") {
                 // EBUSY for a moment after the last close is normal: io_uring tears rings down
                 // in a kernel worker, and a ring's registered files keep the device open until then.
                 var lastError: Error? = nil

@@ -65,15 +65,25 @@ final class StagingBuffers: @unchecked Sendable {
 extension ObjectStore {
     // MARK: The checkpoint reserve
 
-    /// Takes the checkpoint reserve if it is not held; false when the pool has no room for it,
-    /// or while a checkpoint is using it (between `releaseReserves` in the switch and its commit:
-    /// a transaction taking it back then would leave the checkpoint without room).
+    /// What `takeReserves` found.
+    enum ReserveState {
+        /// The store holds the reserve (it was held, or has just been taken).
+        case held
+        /// A checkpoint's switch is using it (between `releaseReserves(forCheckpoint:)` and the
+        /// end of the switch): a transaction taking it back then would leave the checkpoint
+        /// without room. Wait for the switch to end (`awaitReserveReturned`).
+        case lentToCheckpoint
+        /// The pool has no room for it.
+        case noRoom
+    }
+
+    /// Takes the checkpoint reserve if it is not held.
     @discardableResult
-    func takeReserves(forCheckpoint: Bool = false) -> Bool {
+    func takeReserves(forCheckpoint: Bool = false) -> ReserveState {
         stateLock.lock()
         defer { stateLock.unlock() }
-        guard reserves.isEmpty else { return true }
-        if reserveLentToCheckpoint && !forCheckpoint { return false }
+        guard reserves.isEmpty else { return .held }
+        if reserveLentToCheckpoint && !forCheckpoint { return .lentToCheckpoint }
         let unit: UInt64 = 1 << 20
         do {
             let metadata = try pool.allocator.reserve(.metadata, extentCount: Int(limits.metadataReserveBytes / unit), lengthBytes: unit)
@@ -83,10 +93,21 @@ extension ObjectStore {
                 reserveLentToCheckpoint = false
             } catch {
                 pool.allocator.release(metadata)
-                return false
+                return .noRoom
             }
         } catch {
-            return false
+            return .noRoom
+        }
+        return .held
+    }
+
+    /// Waits (bounded by `deadlineNs`) until no checkpoint's switch holds the reserve lent;
+    /// false on timeout.
+    func awaitReserveReturned(untilNs deadlineNs: UInt64) -> Bool {
+        stateLock.lock()
+        defer { stateLock.unlock() }
+        while reserveLentToCheckpoint && failure == nil && !isClosed {
+            if !stateLock.wait(untilNs: deadlineNs) { return !reserveLentToCheckpoint }
         }
         return true
     }
@@ -295,7 +316,13 @@ extension ObjectStore {
             fail("checkpoint \(checkpoint) could not be cut: \(error)")
             throw error
         }
-        // 6. Resume.
+        // 6. Resume. Every allocation of this checkpoint is made (pages placed, metadata staged,
+        // the space maps' places cut): take the reserve back before transactions run, so none
+        // allocates into what it covers. Without room for it (a nearly full pool), transactions
+        // wait for the frees this checkpoint releases (Transaction.start); step 9 tries again.
+        if takeReserves(forCheckpoint: true) != .held {
+            stateLock.withLock { reserveLentToCheckpoint = false }
+        }
         let switchNs = Monitor.nowNs() - startNs
         stateLock.withLock {
             dirtyObjects.subtract(dirtySet)
@@ -334,11 +361,7 @@ extension ObjectStore {
             stripe.unlock()
         }
         trimObjectStates()
-        if !takeReserves(forCheckpoint: true) {
-            // No room for it yet: transactions wait for frees (Transaction.start); the next
-            // checkpoint tries again.
-            stateLock.withLock { reserveLentToCheckpoint = false }
-        }
+        takeReserves()                  // if the switch found no room for it: the frees are released now
         let totalNs = Monitor.nowNs() - startNs
         stateLock.withLock {
             dirtyPageBytes -= releasedPages * Page.bytes

@@ -90,7 +90,7 @@ extension ObjectStore {
         log.setCheckpointRequestHandler { [weak store] _ in store?.requestCheckpoint() }
         do throws(ObjectStoreError) {
             try store.checkpoint(force: true)
-            guard store.takeReserves() else {
+            guard store.takeReserves() == .held else {
                 throw .noSpace("pool '\(pool.name)' cannot hold the checkpoint reserve (\(store.limits.dataReserveBytes >> 20) MiB data, \(store.limits.metadataReserveBytes >> 20) MiB metadata)")
             }
         } catch {

@@ -124,7 +124,17 @@ public final class Transaction {
         var deadline: UInt64 = 0
         while true {
             var failure: String? = nil
-            if !store.takeReserves() {
+            let reserve = store.takeReserves()
+            if reserve == .lentToCheckpoint {
+                // A checkpoint's switch is using it; it is back when the switch ends.
+                if deadline == 0 { deadline = Monitor.nowNs() + store.settings.throttleWaitNsMax }
+                guard store.awaitReserveReturned(untilNs: deadline) else {
+                    throw .throttleTimedOut(waitedNs: store.settings.throttleWaitNsMax, reason: "waiting for a checkpoint's switch to return the reserve")
+                }
+                try store.checkUsable()
+                continue
+            }
+            if reserve == .noRoom {
                 failure = "pool '\(store.pool.name)' cannot hold the checkpoint reserve (\(store.limits.dataReserveBytes >> 20) MiB data, \(store.limits.metadataReserveBytes >> 20) MiB metadata)"
             } else if extentCount > 0 {
                 do {
