@@ -24,6 +24,7 @@
 //     removeXattr    u64 object · u8 name bytes · name
 //     indexInsert    u64 object · u8 mode (0 must-not-exist, 1 upsert) · u8 key bytes · u16 value bytes · key · value
 //     indexDelete    u64 object · u8 key bytes · key
+//     nothing        u64 0 (a transaction that changed nothing, logged only for its callback's order)
 // A record that does not decode exactly (short, trailing bytes, a length past the payload) is a
 // corrupt log: replay stops with an error naming the LSN (the block checksum passed, so this is a
 // bug or a newer writer, never a torn write).
@@ -45,6 +46,9 @@ public enum ObjectRecordType: UInt16, Sendable, CaseIterable {
     case removeXattr = 9
     case indexInsert = 10
     case indexDelete = 11
+    /// A transaction that changed nothing (every operation refused) but asked for a commit
+    /// callback: the record orders the callback after every transaction stopped before it.
+    case nothing = 12
 }
 
 /// Which attributes a `setAttributes` changes (Lustre's `la_valid` bits, the ones a dnode holds).
@@ -107,6 +111,7 @@ enum ObjectOperation: Equatable {
     case removeXattr(object: UInt64, name: [UInt8])
     case indexInsert(object: UInt64, key: [UInt8], value: [UInt8], upsert: Bool)
     case indexDelete(object: UInt64, key: [UInt8])
+    case nothing
 
     var type: ObjectRecordType {
         switch self {
@@ -121,6 +126,7 @@ enum ObjectOperation: Equatable {
         case .removeXattr: .removeXattr
         case .indexInsert: .indexInsert
         case .indexDelete: .indexDelete
+        case .nothing: .nothing
         }
     }
 
@@ -138,6 +144,7 @@ enum ObjectOperation: Equatable {
         case .removeXattr(_, let name): 9 + name.count
         case .indexInsert(_, let key, let value, _): 12 + key.count + value.count
         case .indexDelete(_, let key): 9 + key.count
+        case .nothing: 8
         }
     }
 
@@ -219,6 +226,8 @@ enum ObjectOperation: Equatable {
                 writer.put(object, at: 0)
                 writer.put(UInt8(key.count), at: 8)
                 writer.put(bytes: key, at: 9)
+            case .nothing:
+                writer.put(UInt64(0), at: 0)
             }
         }
         return bytes
@@ -319,6 +328,9 @@ enum ObjectOperation: Equatable {
             let keyBytes = Int(reader.get(UInt8.self, at: 8))
             guard raw.count == 9 + keyBytes, let key = bytes(9, keyBytes) else { return nil }
             operation = .indexDelete(object: object, key: key)
+        case .nothing:
+            guard raw.count == 8, object == 0 else { return nil }
+            operation = .nothing
         }
         return operation
     }

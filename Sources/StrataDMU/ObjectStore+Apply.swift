@@ -17,8 +17,11 @@ extension ObjectStore {
     var changeTag: UInt64 { stateLock.withLock { openCheckpoint } }
 
     func apply(_ operation: ObjectOperation, replaying: Bool) throws(ObjectStoreError) {
+        if case .nothing = operation { return }
         let tag = changeTag
         switch operation {
+        case .nothing:
+            return
         case .create(let object, let type, let mode, let uid, let gid, let timeNs):
             guard object > 0 else { throw .noSuchObject(object: 0) }
             if try loadDnode(object) != nil { throw .objectExists(object: object) }

@@ -52,10 +52,15 @@ public final class Transaction {
     // MARK: Declare
 
     private func declare(_ kind: Kind, _ object: UInt64, recordPayloadBytes: Int) {
+        declare(kind, object, logBytes: LogBlock.recordBytes(payloadBytes: recordPayloadBytes))
+    }
+
+    /// Declares `kind` on `object`, taking `bytes` of log room (whole records, headers included).
+    private func declare(_ kind: Kind, _ object: UInt64, logBytes bytes: Int) {
         precondition(phase == .declaring, "declare after start")
         declared.insert(Declared(kind: kind, object: object))
         objects.insert(object)
-        logBytes += LogBlock.recordBytes(payloadBytes: recordPayloadBytes)
+        logBytes += bytes
     }
 
     /// Declares the creation of a new object; returns the object number it will have.
@@ -76,14 +81,17 @@ public final class Transaction {
     /// Declares a write of `length` bytes at `offset`.
     public func declareWrite(_ object: UInt64, offset: UInt64, length: Int) {
         let plan = store.writePlan(offset: offset, length: length)
-        let copies = store.pool.allocator.policy.copies(for: .data)
-        var payload = 0
-        for part in [plan.head, plan.tail] where !part.isEmpty { payload += LogBlock.recordBytes(payloadBytes: 20 + part.count) }
+        var bytes = 0
+        if !plan.head.isEmpty { bytes += LogBlock.recordBytes(payloadBytes: 20 + plan.head.count) }
+        if !plan.tail.isEmpty { bytes += LogBlock.recordBytes(payloadBytes: 20 + plan.tail.count) }
         let pieces = plan.bodyPieces(recordBytesMax: store.settings.recordBytesMax)
-        for piece in pieces { payload += LogBlock.recordBytes(payloadBytes: 40 + 16 * copies + 4 * Int(piece.count / 4096)) }
+        if !pieces.isEmpty {
+            // Only large writes ask the policy (the allocator's lock) how many copies data has.
+            let copies = store.pool.allocator.policy.copies(for: .data)
+            for piece in pieces { bytes += LogBlock.recordBytes(payloadBytes: 40 + 16 * copies + 4 * Int(piece.count / 4096)) }
+        }
         extentCount += pieces.count
-        declare(.write, object, recordPayloadBytes: 0)
-        logBytes += payload - LogBlock.recordBytes(payloadBytes: 0)
+        declare(.write, object, logBytes: bytes)
     }
 
     /// Declares a punch or a truncate.
@@ -168,21 +176,24 @@ public final class Transaction {
     /// writer's thread, in commit order) once the records are durable. A transaction that changed
     /// nothing has no records, but its callback still promises that everything stopped before it
     /// is durable (commit order: a caller may advance a "last committed" mark with it), so it
-    /// fires once the log is durable through its last appended record — at once when nothing is
-    /// pending, else after a `sync` taken once the locks and the gate are released.
+    /// logs one `nothing` record (8 bytes of payload, applied as nothing at replay) to carry the
+    /// callback in order.
     public func stop(onCommit: IntentLog.CommitCallback? = nil) throws(ObjectStoreError) {
         precondition(phase == .started, "stop of a transaction not started")
         phase = .stopped
         var failure: ObjectStoreError? = nil
-        if records.isEmpty {
-            // After the locks (below): a sync must not hold what a checkpoint freeing log room waits for.
-        } else if let log = store.log {
-            do {
-                try log.appendGroup(records, flushingFirst: flushMask, onDurable: onCommit)
-            } catch {
-                // Memory holds changes the log will never have: nothing more may be committed.
-                store.fail("transaction \(id): log append failed: \(error)")
-                failure = .log(error)
+        if let log = store.log {
+            if !records.isEmpty {
+                do {
+                    try log.appendGroup(records, flushingFirst: flushMask, onDurable: onCommit)
+                } catch {
+                    // Memory holds changes the log will never have: nothing more may be committed.
+                    store.fail("transaction \(id): log append failed: \(error)")
+                    failure = .log(error)
+                }
+            } else if let onCommit {
+                let nothing = LogAppend(type: ObjectRecordType.nothing.rawValue, transactionID: id, payload: ObjectOperation.nothing.encoded())
+                do { try log.appendGroup([nothing], onDurable: onCommit) } catch { failure = .log(error) }
             }
         }
         if let reservation { store.pool.allocator.release(reservation) }
@@ -190,12 +201,6 @@ public final class Transaction {
         for stripe in lockedStripes.reversed() { store.stripes[stripe].unlock() }
         lockedStripes = []
         store.leaveGate(transactions: 1)
-        if records.isEmpty, let onCommit {
-            if let log = store.log, case let usage = log.usage, usage.durableLSN < usage.appendedLSN {
-                do { try log.sync() } catch { throw .log(error) }
-            }
-            onCommit(0)
-        }
         records = []
         if let failure { throw failure }
     }

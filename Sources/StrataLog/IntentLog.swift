@@ -396,6 +396,14 @@ public final class IntentLog: @unchecked Sendable {
         guard total <= settings.batchBytesMax - LogBlock.headerBytes else {
             throw .recordTooLarge(payloadBytes: total - LogBlock.recordHeaderBytes, payloadBytesMax: settings.payloadBytesMax)
         }
+        // Payload checksums before the lock, in parallel with other appenders (a group is a
+        // handful of records; more than 16 is rare and computes the rest under the lock).
+        var checksums: (UInt64, UInt64, UInt64, UInt64, UInt64, UInt64, UInt64, UInt64) = (0, 0, 0, 0, 0, 0, 0, 0)
+        let precomputed = min(records.count, 16)
+        withUnsafeMutableBytes(of: &checksums) { raw in
+            let slots = raw.bindMemory(to: UInt32.self)
+            for index in 0..<precomputed { slots[index] = records[index].payload.withUnsafeBytes { CRC32C.checksum($0) } }
+        }
         monitor.lock()
         do throws(LogError) { try waitForRoomLocked(bytes: total) } catch {
             monitor.unlock()
@@ -404,12 +412,16 @@ public final class IntentLog: @unchecked Sendable {
         let batch = batches[openBatch]
         var first: LSN = 0
         var last: LSN = 0
-        for record in records {
-            last = record.payload.withUnsafeBytes { raw in
-                placeLocked(batch, type: record.type, transactionID: record.transactionID, payload: raw,
-                            payloadChecksum: CRC32C.checksum(raw), size: LogBlock.recordBytes(payloadBytes: raw.count))
+        withUnsafeBytes(of: &checksums) { raw in
+            let slots = raw.bindMemory(to: UInt32.self)
+            for (index, record) in records.enumerated() {
+                last = record.payload.withUnsafeBytes { payload in
+                    placeLocked(batch, type: record.type, transactionID: record.transactionID, payload: payload,
+                                payloadChecksum: index < precomputed ? slots[index] : CRC32C.checksum(payload),
+                                size: LogBlock.recordBytes(payloadBytes: payload.count))
+                }
+                if first == 0 { first = last }
             }
-            if first == 0 { first = last }
         }
         batch.flushMask |= flushMask
         if let onDurable { batch.callbacks.append((last, onDurable)) }
