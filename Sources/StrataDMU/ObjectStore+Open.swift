@@ -27,7 +27,12 @@ extension ObjectStore {
         let capacity = pool.allocator.devices.reduce(UInt64(0)) { $0 + $1.sizeBytes }
         let logCap = capacity / 4 / settings.log.segmentBytes * settings.log.segmentBytes
         if logCap < settings.log.logBytesMax && logCap >= 4 * settings.log.segmentBytes { settings.log.logBytesMax = logCap }
-        let problems = settings.validationProblems()
+        var problems = settings.validationProblems()
+        // Block pointers hold one address: refuse up front what the first checkpoint would.
+        let metadataCopies = pool.allocator.policy.copies(for: .metadata)
+        if metadataCopies != 1 && !pool.isReadOnly {
+            problems.append("pool '\(pool.name)' keeps copies.metadata=\(metadataCopies); the object store's block pointers hold one address (multi-address pointers are not supported yet): create the pool with copies metadata=1")
+        }
         guard problems.isEmpty else { throw .invalidSettings(problems) }
         let uberblock = pool.uberblock
         let metadata = StagedMetadataStore(pool: pool)

@@ -225,6 +225,25 @@ enum StoreTestSupport {
         #expect(check.isClean, "\(check.problems)")
     }
 
+    /// Block pointers hold one address: a pool that keeps two copies of metadata is refused at
+    /// open with an error that says what to change, not at its first checkpoint.
+    @Test func poolWithTwoMetadataCopiesIsRefusedAtOpen() throws {
+        let devices = [MemoryDevice(path: "data0", sizeBytes: 128 * StoreTestSupport.mib), MemoryDevice(path: "meta0", sizeBytes: 64 * StoreTestSupport.mib),
+                       MemoryDevice(path: "meta1", sizeBytes: 64 * StoreTestSupport.mib), MemoryDevice(path: "log0", sizeBytes: 64 * StoreTestSupport.mib)]
+        var policy = PoolPolicy()
+        policy.setCopies(2, for: .metadata)
+        let pool = try Pool.create(name: "copies2", devices: [(devices[0], .data), (devices[1], .metadata), (devices[2], .metadata), (devices[3], .log)],
+                                   policy: policy)
+        do {
+            _ = try ObjectStore.open(pool: pool, settings: StoreTestSupport.settings())
+            Issue.record("a copies.metadata=2 pool opened")
+        } catch {
+            guard case .invalidSettings(let problems) = error else { Issue.record("unexpected \(error)"); return }
+            #expect(problems.contains { $0.contains("copies.metadata=2") && $0.contains("copies metadata=1") })
+        }
+        #expect(pool.uberblock.roots[Uberblock.RootSlot.dnodeTable.rawValue].isNull, "nothing was written")
+    }
+
     @Test func declareThatCannotBeSatisfiedFailsWithENOSPCBeforeAnythingChanges() throws {
         let store = try Support.newStore(Support.devices(dataMiB: 64))
         let file = try Support.createFile(store, Support.pattern(4096, seed: 4))
