@@ -22,6 +22,10 @@
 import StrataIO
 import StrataPool
 
+#if canImport(Glibc)
+import Glibc
+#endif
+
 /// What a replay found.
 public struct LogReplaySummary: Sendable, Equatable, CustomStringConvertible {
     /// Records yielded (LSN > covered).
@@ -121,6 +125,7 @@ extension IntentLog {
         let reader = SegmentReader(pool: pool, segmentBytes: Int(head.segmentBytes))
         defer { reader.deallocate() }
         try reader.load(list[0])
+        if list.count > 1 { reader.prefetch(list[1]) }
         summary.segmentCount = 1
 
         while true {
@@ -158,6 +163,7 @@ extension IntentLog {
                                                     detail: "names next segment \(header.nextSegment), the head lists \(list[index + 1])")
                     }
                     namedNext = header.nextSegment
+                    reader.prefetch(header.nextSegment)
                 }
                 lastSeenLSN = header.firstLSN + UInt64(header.recordCount) - 1
                 summary.lastLSN = max(summary.lastLSN, lastSeenLSN)
@@ -174,6 +180,7 @@ extension IntentLog {
             guard let next = index + 1 < list.count ? list[index + 1] : namedNext else { break }
             if index + 1 == list.count { list.append(next) }        // named only by a block: allocated after the cut
             try reader.load(next)
+            if index + 2 < list.count { reader.prefetch(list[index + 2]) }
             var nextVerdict = reader.inspect(at: 0, expecting: expected)
             if case .end = nextVerdict, next.count > 1 {
                 nextVerdict = try reader.inspectOtherCopies(next, at: 0, expecting: expected)
@@ -226,13 +233,37 @@ extension IntentLog {
 }
 
 /// Reads whole segments for replay into one aligned buffer (one large sequential read each).
+///
+/// Read-ahead: once the scan knows the next segment (the head lists it, or a block names it),
+/// `prefetch` reads it on a helper thread into a second buffer while the current one is
+/// verified and applied; `load` of that segment then waits for the read and swaps the buffers.
+/// A prefetch the scan never loads (the log ended first) is waited for and dropped. Replay I/O
+/// and apply overlap, so a replay is bound by the slower of the two instead of their sum.
 final class SegmentReader {
     let pool: Pool
     let segmentBytes: Int
-    let buffer: UnsafeMutableRawBufferPointer
+    private(set) var buffer: UnsafeMutableRawBufferPointer
     private(set) var bytesRead: UInt64 = 0
     private(set) var extent = Extent(deviceIndex: 0, offsetBytes: 0, lengthBytes: 0)
     private var scratch: UnsafeMutableRawBufferPointer?
+    /// The second buffer, for read-ahead (allocated by the first prefetch).
+    private var spare: UnsafeMutableRawBufferPointer?
+    private var inFlight: Prefetch?
+
+    /// One read-ahead: the helper thread reads `copy` into `target` and records the outcome.
+    private final class Prefetch {
+        let devices: [any BlockStorage]
+        let copy: Extent
+        let target: UnsafeMutableRawBufferPointer
+        var error: LogError?
+        var thread = pthread_t()
+
+        init(devices: [any BlockStorage], copy: Extent, target: UnsafeMutableRawBufferPointer) {
+            self.devices = devices
+            self.copy = copy
+            self.target = target
+        }
+    }
 
     init(pool: Pool, segmentBytes: Int) {
         self.pool = pool
@@ -241,22 +272,72 @@ final class SegmentReader {
     }
 
     func deallocate() {
+        _ = finishPrefetch()
         buffer.deallocate()
         scratch?.deallocate()
+        spare?.deallocate()
     }
 
     var path: String { extent.deviceIndex < pool.devices.count ? pool.devices[extent.deviceIndex].path : "device \(extent.deviceIndex)" }
     func offset(of position: Int) -> UInt64 { extent.offsetBytes + UInt64(position) }
 
-    /// Reads the first copy of a segment.
+    /// Reads the first copy of a segment (taking a finished read-ahead of it when there is one).
     func load(_ copies: [Extent]) throws(LogError) {
         precondition(!copies.isEmpty, "segment without copies")
-        try read(copies[0], into: buffer)
+        if let done = finishPrefetch(), done.copy == copies[0], done.error == nil {
+            let loaded = buffer
+            buffer = done.target
+            spare = loaded
+            bytesRead += UInt64(segmentBytes)
+            extent = copies[0]
+            return
+        }
+        try SegmentReader.read(copies[0], devices: pool.devices, segmentBytes: segmentBytes, into: buffer)
+        bytesRead += UInt64(segmentBytes)
         extent = copies[0]
     }
 
-    private func read(_ copy: Extent, into target: UnsafeMutableRawBufferPointer) throws(LogError) {
-        guard copy.deviceIndex < pool.devices.count, copy.lengthBytes == UInt64(segmentBytes) else {
+    /// Starts reading the first copy of `copies` in the background, unless a read-ahead is
+    /// already under way. Errors surface only if that segment is loaded (then read again,
+    /// synchronously, to report them).
+    func prefetch(_ copies: [Extent]) {
+        guard inFlight == nil, let copy = copies.first, copy != extent,
+              copy.deviceIndex < pool.devices.count, copy.lengthBytes == UInt64(segmentBytes) else { return }
+        if spare == nil { spare = allocateAlignedBuffer(byteCount: segmentBytes) }
+        let prefetch = Prefetch(devices: pool.devices, copy: copy, target: spare!)
+        spare = nil                                     // lent to the read until `finishPrefetch`
+        let context = Unmanaged.passRetained(prefetch).toOpaque()
+        let result = pthread_create(&prefetch.thread, nil, { context in
+            let prefetch = Unmanaged<Prefetch>.fromOpaque(context!).takeRetainedValue()
+            do throws(LogError) {
+                try SegmentReader.read(prefetch.copy, devices: prefetch.devices, segmentBytes: prefetch.target.count, into: prefetch.target)
+            } catch {
+                prefetch.error = error
+            }
+            return nil
+        }, context)
+        if result != 0 {                                // no thread: read when loaded, as without read-ahead
+            Unmanaged<Prefetch>.fromOpaque(context).release()
+            spare = prefetch.target
+            return
+        }
+        inFlight = prefetch
+    }
+
+    /// Waits for the read-ahead in flight, if any; its buffer becomes the spare again unless the
+    /// caller takes it.
+    private func finishPrefetch() -> Prefetch? {
+        guard let prefetch = inFlight else { return nil }
+        inFlight = nil
+        let joined = pthread_join(prefetch.thread, nil)
+        precondition(joined == 0, "pthread_join of a log read-ahead: \(joined)")
+        spare = prefetch.target
+        return prefetch
+    }
+
+    private static func read(_ copy: Extent, devices: [any BlockStorage], segmentBytes: Int,
+                             into target: UnsafeMutableRawBufferPointer) throws(LogError) {
+        guard copy.deviceIndex < devices.count, copy.lengthBytes == UInt64(segmentBytes) else {
             throw .corruptBlock(path: "device \(copy.deviceIndex)", offsetBytes: copy.offsetBytes,
                                 detail: "segment \(copy) is not on a pool device or not \(segmentBytes) bytes")
         }
@@ -266,12 +347,11 @@ final class SegmentReader {
         while done < segmentBytes {
             let length = min(chunk, segmentBytes - done)
             do {
-                try pool.devices[copy.deviceIndex].read(into: UnsafeMutableRawBufferPointer(rebasing: target[done..<(done + length)]),
-                                                        at: copy.offsetBytes + UInt64(done))
+                try devices[copy.deviceIndex].read(into: UnsafeMutableRawBufferPointer(rebasing: target[done..<(done + length)]),
+                                                   at: copy.offsetBytes + UInt64(done))
             } catch { throw .io(error) }
             done += length
         }
-        bytesRead += UInt64(segmentBytes)
     }
 
     func inspect(at position: Int, expecting expected: LogBlock.Expectation) -> LogBlock.Verdict {
@@ -286,7 +366,8 @@ final class SegmentReader {
         let other = scratch!
         var verdict = LogBlock.Verdict.end(reason: "no copy holds a valid block")
         for copy in copies.dropFirst() {
-            try read(copy, into: other)
+            try SegmentReader.read(copy, devices: pool.devices, segmentBytes: segmentBytes, into: other)
+            bytesRead += UInt64(segmentBytes)
             verdict = LogBlock.inspect(UnsafeRawBufferPointer(rebasing: other[position...]), expecting: expected)
             if case .valid = verdict {
                 UnsafeMutableRawBufferPointer(rebasing: buffer[position...]).copyMemory(from: UnsafeRawBufferPointer(rebasing: other[position...]))
