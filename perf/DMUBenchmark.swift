@@ -105,6 +105,10 @@ struct DMUBenchmark: ParsableCommand {
         print("strata-perf dmu: \(target) target \(path), \(sizeBytes >> 20) MiB, \(roundCount) rounds of \(runSeconds) s, \(depth) transaction(s) in flight per thread")
 
         var fio1m: [Double] = [], fio4k: [Double] = []
+        // fio at Strata's own total depth (threads × --depth of the largest thread count), when
+        // that is not 32: the same number of writes outstanding on both sides.
+        let sameDepth = (threadCounts.max() ?? 1) * depth
+        var fio4kSame: [Double] = []
         var new1m: [Int: [Run]] = [:], over4k: [Int: [Run]] = [:]
         var checkpointRates: [Double] = [], switchMaxMs: [Double] = []
         for round in 0..<roundCount {
@@ -116,6 +120,10 @@ struct DMUBenchmark: ParsableCommand {
                 if let m = try? runFioAnchor(path: path, scratch: scratch, seconds: runSeconds, arguments: [
                     "--ioengine=io_uring", "--rw=randwrite", "--bs=4k", "--iodepth=32", "--size=\(fioSize)", "--norandommap", "--randrepeat=0"]) {
                     fio4k.append(m.iops)
+                }
+                if sameDepth != 32, let m = try? runFioAnchor(path: path, scratch: scratch, seconds: runSeconds, arguments: [
+                    "--ioengine=io_uring", "--rw=randwrite", "--bs=4k", "--iodepth=\(sameDepth)", "--size=\(fioSize)", "--norandommap", "--randrepeat=0"]) {
+                    fio4kSame.append(m.iops)
                 }
             }
             let (store, device) = try openStore(path: path, sizeBytes: sizeBytes, replay: false)
@@ -151,7 +159,9 @@ struct DMUBenchmark: ParsableCommand {
         }
         let fio1mMedian = fio1m.isEmpty ? nil : median(fio1m)
         let fio4kMedian = fio4k.isEmpty ? nil : median(fio4k)
-        print("  fio 1 MiB write QD32: \(fio1mMedian.map { fixed($0, 0) + " MiB/s" } ?? "not measured");  fio 4 KiB randwrite QD32: \(fio4kMedian.map { fixed($0, 0) + " IOPS" } ?? "not measured")")
+        let fio4kSameMedian = fio4kSame.isEmpty ? nil : median(fio4kSame)
+        print("  fio 1 MiB write QD32: \(fio1mMedian.map { fixed($0, 0) + " MiB/s" } ?? "not measured");  fio 4 KiB randwrite QD32: \(fio4kMedian.map { fixed($0, 0) + " IOPS" } ?? "not measured")"
+              + (fio4kSameMedian.map { ";  QD\(sameDepth) (Strata's \(sameDepth) in flight): " + fixed($0, 0) + " IOPS" } ?? ""))
         print("  workload      threads   median          commit p50 µs  p99 µs   vs fio")
         for count in threadCounts where runsNew1m {
             let runs = new1m[count]!
@@ -165,7 +175,8 @@ struct DMUBenchmark: ParsableCommand {
             let value = median(runs.map(\.perSecond))
             print("  overwrite4k   " + pad("\(count)", 7, left: true) + "   " + pad(fixed(value, 0) + " IOPS", 13, left: true)
                   + "  " + pad(fixed(median(runs.map(\.p50Microseconds)), 0), 13, left: true) + "  " + pad(fixed(median(runs.map(\.p99Microseconds)), 0), 6, left: true)
-                  + "   " + (fio4kMedian.map { fixed(value / $0, 2) + "x" } ?? "-"))
+                  + "   " + (fio4kMedian.map { fixed(value / $0, 2) + "x" } ?? "-")
+                  + (fio4kSameMedian.map { "  (\(fixed(value / $0, 2))x fio QD\(sameDepth))" } ?? ""))
         }
         print("  checkpoint after \(runsOverwrite4k ? "overwrite4k" : "new1m"): \(fixed(median(checkpointRates), 0)) MiB/s written; longest switch \(fixed(switchMaxMs.max() ?? 0, 2)) ms")
 
@@ -325,11 +336,17 @@ struct DMUBenchmark: ParsableCommand {
         defer { random.deallocate() }
         fillRandom(random)
         nonisolated(unsafe) let randomBytes = UnsafeRawBufferPointer(random)
-        let result = try loop(threads: count, depth: depth, seconds: seconds) { _, completion in
-            let start = Int.random(in: 0..<(randomBytes.count / 4096)) * 4096
+        // One splitmix64 per thread (SystemRandomNumberGenerator is a getrandom syscall per call:
+        // three per transaction would be the benchmark's cost, not the store's).
+        nonisolated(unsafe) let generators = UnsafeMutablePointer<SplitMix>.allocate(capacity: count)
+        for thread in 0..<count { (generators + thread).initialize(to: SplitMix(state: UInt64(thread + 1) &* 0x2545_F491_4F6C_DD1D)) }
+        defer { generators.deallocate() }
+        let chunks = UInt64(randomBytes.count / 4096)
+        let result = try loop(threads: count, depth: depth, seconds: seconds) { thread, completion in
+            let start = Int(generators[thread].next() % chunks) * 4096
             let block = UnsafeRawBufferPointer(rebasing: randomBytes[start ..< start + 4096])
-            let object = objects[Int.random(in: 0..<objects.count)]
-            let offset = UInt64.random(in: 0..<blocks) * 4096
+            let object = objects[Int(generators[thread].next() % UInt64(objects.count))]
+            let offset = (generators[thread].next() % blocks) * 4096
             let transaction = store.transaction()
             transaction.declareWrite(object, offset: offset, length: 4096)
             try transaction.start()

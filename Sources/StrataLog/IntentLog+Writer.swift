@@ -11,6 +11,13 @@
 //     nothing is allocated while a checkpoint is pending (IntentLog+Checkpoint.swift);
 //   - callbacks fire after the write returned, before `lastDurableLSN` moves, so `sync()`
 //     returning means every earlier callback has run;
+//   - with the dedicated writer, the callbacks run on a second thread, the completer: the writer
+//     hands it the written batch's callbacks (at most one batch waiting) and goes on to the next
+//     batch, so waking the committers of batch k overlaps the write of batch k+1 instead of
+//     delaying it (on this VM the wakeups were about a quarter of the writer's time). The
+//     completer runs batches in order and moves `lastDurableLSN` after their callbacks; the
+//     writes themselves stay one at a time, in order, so what is durable is unchanged. In
+//     `callerLeads` mode the leading caller runs the callbacks itself, as before;
 //   - a `sync()` waiter's slot is posted `.durable` only after `lastDurableLSN` covers its LSN
 //     (taken from the armed set under the lock, posted just after releasing it).
 
@@ -83,7 +90,8 @@ extension IntentLog {
         do throws(IOError) {
             try writeDurably(UnsafeRawBufferPointer(block), copies: target, atSegmentOffset: offset, batch: batch)
         } catch { ioError = error }
-        if ioError == nil && !settings.firesCallbacksBeforeDurable {
+        let handsToCompleter = settings.writer == .dedicatedThread
+        if ioError == nil && !settings.firesCallbacksBeforeDurable && !handsToCompleter {
             for entry in batch.callbacks { entry.callback(entry.lsn) }
         }
 
@@ -94,12 +102,23 @@ extension IntentLog {
             return
         }
         previousChecksum = checksum
-        lastDurableLSN = batch.lastLSN
         stats.batches += 1
         stats.records += batch.recordCount
         stats.blockBytesWritten += UInt64(blockBytes)
         stats.payloadBytes += batch.payloadBytes
         stats.batchRecordCountHistogram[min(Int.bitWidth - 1 - batch.recordCount.leadingZeroBitCount, 19)] += 1
+        if handsToCompleter {
+            while pendingCompletion != nil && failure == nil { monitor.wait(.writer) }
+            if failure != nil { return }
+            var callbacks = spareCallbackArrays.popLast() ?? []
+            swap(&callbacks, &batch.callbacks)
+            if settings.firesCallbacksBeforeDurable { callbacks.removeAll(keepingCapacity: true) }     // fired already
+            pendingCompletion = Completion(callbacks: callbacks, lastLSN: batch.lastLSN)
+            batch.reset()
+            monitor.signal(.completer)
+            return
+        }
+        lastDurableLSN = batch.lastLSN
         batch.reset()
         // Wake only the `sync()` waiters this batch satisfied (LogWaiters.swift).
         // Posted outside the lock, so appenders are not held behind the writer's wakeups; a
@@ -111,6 +130,34 @@ extension IntentLog {
             waiters.post(satisfied, .durable)
             monitor.lock()
         }
+    }
+
+    /// The completer thread's loop (dedicated-writer mode): runs each written batch's callbacks in
+    /// order, then moves `lastDurableLSN` and wakes the `sync()` waiters it satisfies. A batch
+    /// handed over before a failure or close is still completed: it is durable.
+    func completerLoop() {
+        monitor.lock()
+        while true {
+            while pendingCompletion == nil && failure == nil && !isClosed { monitor.wait(.completer) }
+            guard var completion = pendingCompletion else { break }
+            pendingCompletion = nil
+            monitor.signal(.writer)                     // it may hand over the next batch
+            monitor.unlock()
+            for entry in completion.callbacks { entry.callback(entry.lsn) }
+            monitor.lock()
+            assert(completion.lastLSN > lastDurableLSN, "completions out of order")
+            lastDurableLSN = completion.lastLSN
+            completion.callbacks.removeAll(keepingCapacity: true)
+            spareCallbackArrays.append(completion.callbacks)
+            let satisfied = waiters.takeDurable(through: lastDurableLSN)
+            if overflowWaiterCount > 0 { monitor.broadcast(.durable) }
+            if satisfied != 0 {
+                monitor.unlock()
+                waiters.post(satisfied, .durable)
+                monitor.lock()
+            }
+        }
+        monitor.unlock()
     }
 
     /// Writes one sealed block to every copy of its segment, durably (FUA, or write + flush).

@@ -178,6 +178,18 @@ public final class IntentLog: @unchecked Sendable {
     var checkpointHandler: CheckpointRequestHandler?
     var stats = LogStatistics()
     var writerThread: pthread_t?
+    var completerThread: pthread_t?
+    /// Dedicated-writer mode: the batch written (durable) whose callbacks the completer has not
+    /// taken yet — at most one, so at most two batches' callbacks are outstanding.
+    var pendingCompletion: Completion?
+    /// Emptied callback arrays (capacity kept), so handing callbacks over allocates nothing.
+    var spareCallbackArrays: [[(lsn: LSN, callback: CommitCallback)]] = []
+
+    /// A durable batch's callbacks and last LSN, handed from the writer to the completer.
+    struct Completion {
+        var callbacks: [(lsn: LSN, callback: CommitCallback)]
+        var lastLSN: LSN
+    }
 
     /// One preallocated batch buffer and the callbacks of its records.
     final class Batch {
@@ -259,6 +271,20 @@ public final class IntentLog: @unchecked Sendable {
         }, context)
         precondition(result == 0, "pthread_create for the log writer failed: \(result)")
         writerThread = thread
+        for _ in 0..<3 {
+            var spare: [(lsn: LSN, callback: CommitCallback)] = []
+            spare.reserveCapacity((settings.batchBytesMax - LogBlock.headerBytes) / LogBlock.recordHeaderBytes)
+            spareCallbackArrays.append(spare)
+        }
+        let completerContext = Unmanaged.passRetained(self).toOpaque()
+        var completer = pthread_t()
+        let completerResult = pthread_create(&completer, nil, { context in
+            let log = Unmanaged<IntentLog>.fromOpaque(context!).takeRetainedValue()
+            log.completerLoop()
+            return nil
+        }, completerContext)
+        precondition(completerResult == 0, "pthread_create for the log completer failed: \(completerResult)")
+        completerThread = completer
     }
 
     // MARK: Public API
@@ -325,9 +351,12 @@ public final class IntentLog: @unchecked Sendable {
             wakeEveryoneLocked()
         }
         let thread = writerThread
+        let completer = completerThread
         writerThread = nil
+        completerThread = nil
         monitor.unlock()
         if let thread { pthread_join(thread, nil) }
+        if let completer { pthread_join(completer, nil) }     // after the writer: it runs what the writer handed over
         if let syncError { throw syncError }
     }
 
@@ -563,6 +592,7 @@ public final class IntentLog: @unchecked Sendable {
     /// Wakes every waiter of every kind (lock held): the log failed or closed.
     func wakeEveryoneLocked() {
         monitor.broadcast(.writer)
+        monitor.broadcast(.completer)
         monitor.broadcast(.room)
         monitor.broadcast(.durable)
         let all = waiters.takeAll()

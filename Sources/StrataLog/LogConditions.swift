@@ -6,11 +6,13 @@
 //   - `.durable`: `sync()` waiters that found every per-waiter slot taken (LogWaiters.swift);
 //     the usual `sync()` waiter parks on its own slot instead and wakes only when its LSN is
 //     durable.
+//   - `.completer`: the completer thread (dedicated-writer mode), waiting for a written batch
+//     whose callbacks it runs (IntentLog+Writer.swift).
 
 import StrataIO
 
 enum LogCondition: Int, CaseIterable {
-    case writer, room, durable
+    case writer, room, durable, completer
 }
 
 extension Monitor {
