@@ -14,8 +14,11 @@
 //     random 4 KiB block of a random object, durable, in a loop. IOPS against fio
 //     4 KiB randwrite QD32. The data travels in the log: one sequential append per write.
 //   - commit latency p50/p99 (stop → callback) of both at each thread count.
-//   Each thread keeps up to --depth transactions stopped and not yet durable (default 2, so 16
-//   threads keep 32 in flight like fio's QD32; --depth 1 waits for each before the next). A
+//   Each thread keeps up to --depth transactions stopped and not yet durable (default 4: 16
+//   threads keep 64 in flight; --depth 1 waits for each before the next). fio runs at QD32 (the
+//   issue's anchor) and, when threads × depth is not 32, at that depth too, so the ratio at the
+//   same number of outstanding writes is printed beside it. A Lustre OST works this way: its
+//   threads reply before the commit and learn of it from the callback (last_committed). A
 //   transaction counts only once its commit callback fired, and a thread drains its own before
 //   the clock stops. The OSD API is asynchronous in the same way: stop returns, the callback
 //   tells the caller it is durable.
@@ -57,8 +60,8 @@ struct DMUBenchmark: ParsableCommand {
     var rounds: Int?
     @Option(help: "Comma-separated thread counts (default 1,16).")
     var threads: String = "1,16"
-    @Option(help: "Transactions each thread keeps stopped and not yet durable (default 2: 16 threads keep 32 in flight, fio's QD32; 1: each thread waits for each).")
-    var depth: Int = 2
+    @Option(help: "Transactions each thread keeps stopped and not yet durable (default 4: 16 threads keep 64 in flight, and fio runs at QD64 as well as QD32; 1: each thread waits for each).")
+    var depth: Int = 4
     @Option(help: "Comma-separated workloads: new1m (1 MiB creates), overwrite4k (4 KiB overwrites) (default both).")
     var workloads: String = "new1m,overwrite4k"
     @Option(help: "Log bytes to fill and replay (default 1G; --smoke 16M; 0 skips).")
@@ -108,13 +111,15 @@ struct DMUBenchmark: ParsableCommand {
         // fio at Strata's own total depth (threads × --depth of the largest thread count), when
         // that is not 32: the same number of writes outstanding on both sides.
         let sameDepth = (threadCounts.max() ?? 1) * depth
-        var fio4kSame: [Double] = []
+        var fio4kSame: [Double] = [], fio1mSame: [Double] = []
         var new1m: [Int: [Run]] = [:], over4k: [Int: [Run]] = [:]
         var checkpointRates: [Double] = [], switchMaxMs: [Double] = []
         for round in 0..<roundCount {
             if hasFio && runsNew1m {
                 if let m = try? runFioAnchor(path: path, scratch: scratch, seconds: runSeconds, arguments: [
                     "--ioengine=io_uring", "--rw=write", "--bs=1m", "--iodepth=32", "--size=\(fioSize)"]) { fio1m.append(m.mibPerSecond) }
+                if sameDepth != 32, let m = try? runFioAnchor(path: path, scratch: scratch, seconds: runSeconds, arguments: [
+                    "--ioengine=io_uring", "--rw=write", "--bs=1m", "--iodepth=\(sameDepth)", "--size=\(fioSize)"]) { fio1mSame.append(m.mibPerSecond) }
             }
             if hasFio && runsOverwrite4k {
                 if let m = try? runFioAnchor(path: path, scratch: scratch, seconds: runSeconds, arguments: [
@@ -160,15 +165,18 @@ struct DMUBenchmark: ParsableCommand {
         let fio1mMedian = fio1m.isEmpty ? nil : median(fio1m)
         let fio4kMedian = fio4k.isEmpty ? nil : median(fio4k)
         let fio4kSameMedian = fio4kSame.isEmpty ? nil : median(fio4kSame)
+        let fio1mSameMedian = fio1mSame.isEmpty ? nil : median(fio1mSame)
         print("  fio 1 MiB write QD32: \(fio1mMedian.map { fixed($0, 0) + " MiB/s" } ?? "not measured");  fio 4 KiB randwrite QD32: \(fio4kMedian.map { fixed($0, 0) + " IOPS" } ?? "not measured")"
-              + (fio4kSameMedian.map { ";  QD\(sameDepth) (Strata's \(sameDepth) in flight): " + fixed($0, 0) + " IOPS" } ?? ""))
+              + (fio4kSameMedian.map { ";  4 KiB QD\(sameDepth) (Strata's \(sameDepth) in flight): " + fixed($0, 0) + " IOPS" } ?? "")
+              + (fio1mSameMedian.map { ";  1 MiB QD\(sameDepth): " + fixed($0, 0) + " MiB/s" } ?? ""))
         print("  workload      threads   median          commit p50 µs  p99 µs   vs fio")
         for count in threadCounts where runsNew1m {
             let runs = new1m[count]!
             let value = median(runs.map(\.perSecond))
             print("  new1m         " + pad("\(count)", 7, left: true) + "   " + pad(fixed(value, 0) + " MiB/s", 13, left: true)
                   + "  " + pad(fixed(median(runs.map(\.p50Microseconds)), 0), 13, left: true) + "  " + pad(fixed(median(runs.map(\.p99Microseconds)), 0), 6, left: true)
-                  + "   " + (fio1mMedian.map { fixed(value / $0, 2) + "x" } ?? "-"))
+                  + "   " + (fio1mMedian.map { fixed(value / $0, 2) + "x" } ?? "-")
+                  + (fio1mSameMedian.map { "  (\(fixed(value / $0, 2))x fio QD\(sameDepth))" } ?? ""))
         }
         for count in threadCounts where runsOverwrite4k {
             let runs = over4k[count]!

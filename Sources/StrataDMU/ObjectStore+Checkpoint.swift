@@ -169,20 +169,7 @@ extension ObjectStore {
                 deadline = Monitor.nowNs() + settings.throttleWaitNsMax
                 stateLock.withLock { stats.throttleWaits += 1 }
             }
-            if !settings.backgroundCheckpoints {
-                try checkpoint()
-                continue
-            }
-            let completed = stateLock.withLock { stats.checkpoints }
-            stateLock.lock()
-            checkpointRequested = true
-            stateLock.broadcast()
-            var timedOut = false
-            while stats.checkpoints == completed && failure == nil && !isClosed {
-                if !stateLock.wait(untilNs: deadline) { timedOut = true; break }
-            }
-            stateLock.unlock()
-            if timedOut { throw .throttleTimedOut(waitedNs: settings.throttleWaitNsMax, reason: reason) }
+            try awaitCheckpoints(1, forced: false, untilNs: deadline, reason: reason)
         }
     }
 
@@ -190,21 +177,27 @@ extension ObjectStore {
     /// recorded before the first become allocatable when the second is durable. Bounded by
     /// `throttleWaitNsMax`. Called holding nothing.
     func checkpointsForSpace() throws(ObjectStoreError) {
+        try awaitCheckpoints(2, forced: true, untilNs: Monitor.nowNs() + settings.throttleWaitNsMax,
+                             reason: "waiting for checkpoints to release freed space")
+    }
+
+    /// Runs `count` checkpoints inline (no background thread), or asks the background thread
+    /// and waits until `count` more have completed, at most until `deadlineNs`. `forced`: they
+    /// run even with nothing dirty (to release deferred frees). Called holding nothing.
+    func awaitCheckpoints(_ count: Int, forced: Bool, untilNs deadlineNs: UInt64, reason: String) throws(ObjectStoreError) {
         if !settings.backgroundCheckpoints {
-            try checkpoint(force: true)
-            try checkpoint(force: true)
+            for _ in 0..<count { try checkpoint(force: forced) }
             return
         }
-        let deadline = Monitor.nowNs() + settings.throttleWaitNsMax
         stateLock.lock()
         defer { stateLock.unlock() }
-        let target = stats.checkpoints + 2
-        forcedCheckpoints += 2
+        let target = stats.checkpoints + count
+        if forced { forcedCheckpoints += count }
         while stats.checkpoints < target && failure == nil && !isClosed {
             checkpointRequested = true
             stateLock.broadcast()
-            if !stateLock.wait(untilNs: deadline) && stats.checkpoints < target {
-                throw .throttleTimedOut(waitedNs: settings.throttleWaitNsMax, reason: "waiting for checkpoints to release freed space")
+            if !stateLock.wait(untilNs: deadlineNs) && stats.checkpoints < target {
+                throw .throttleTimedOut(waitedNs: settings.throttleWaitNsMax, reason: reason)
             }
         }
     }
