@@ -123,6 +123,12 @@ extension IntentLog {
         // Wake only the `sync()` waiters this batch satisfied (LogWaiters.swift).
         // Posted outside the lock, so appenders are not held behind the writer's wakeups; a
         // waiter that times out meanwhile finds its slot disarmed and waits for this post.
+        postDurableWaitersLocked()
+    }
+
+    /// Wakes the `sync()` waiters `lastDurableLSN` now covers (lock held on entry and return;
+    /// the posts happen just after releasing it, so woken waiters do not meet a held lock).
+    private func postDurableWaitersLocked() {
         let satisfied = waiters.takeDurable(through: lastDurableLSN)
         if overflowWaiterCount > 0 { monitor.broadcast(.durable) }
         if satisfied != 0 {
@@ -149,13 +155,7 @@ extension IntentLog {
             lastDurableLSN = completion.lastLSN
             completion.callbacks.removeAll(keepingCapacity: true)
             spareCallbackArrays.append(completion.callbacks)
-            let satisfied = waiters.takeDurable(through: lastDurableLSN)
-            if overflowWaiterCount > 0 { monitor.broadcast(.durable) }
-            if satisfied != 0 {
-                monitor.unlock()
-                waiters.post(satisfied, .durable)
-                monitor.lock()
-            }
+            postDurableWaitersLocked()
         }
         monitor.unlock()
     }
