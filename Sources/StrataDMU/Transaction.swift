@@ -155,7 +155,7 @@ public final class Transaction {
             try store.checkUsable()
             if deadline == 0 { deadline = Monitor.nowNs() + store.settings.throttleWaitNsMax }
             guard Monitor.nowNs() < deadline,
-                  !store.holdsReserves || store.pool.allocator.statistics().devices.contains(where: { $0.deferredBytes > 0 }) else {
+                  !store.holdsReserves || store.pool.allocator.hasDeferredFrees else {
                 throw .noSpace(failure)
             }
             try store.checkpointsForSpace()

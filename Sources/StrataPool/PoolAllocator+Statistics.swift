@@ -85,6 +85,12 @@ public struct AllocatorStatistics: Equatable, Sendable, Codable {
 }
 
 extension PoolAllocator {
+    /// Whether any device holds frees deferred to a coming checkpoint (space that comes back):
+    /// the cheap question an ENOSPC retry asks, without building the full statistics.
+    public var hasDeferredFrees: Bool {
+        state.withLock { state in state.maps.contains { $0.deferredUnits > 0 } }
+    }
+
     public func statistics() -> AllocatorStatistics {
         state.withLock { state in
             var devices: [DeviceAllocationStatistics] = []

@@ -340,9 +340,11 @@ final class Harness {
     @discardableResult
     func problems() -> [String] {
         let statistics = allocator.statistics()
+        var modelDeferredUnits = 0
         for (device, modelDevice) in model.enumerated() {
             let modelWords = modelDevice.words
             let histogram = modelDevice.histogram
+            modelDeferredUnits += histogram[2]
             let mismatch: Int? = allocator.withSpaceMap(deviceIndex: modelDevice.device.index) { map -> Int? in
                 map.checkConsistency()
                 for word in modelWords.indices where map.liveWord(word) != modelWords[word] {
@@ -359,6 +361,9 @@ final class Harness {
                 || space.reservedBytes != UInt64(expected.held) * 4096 || space.deferredBytes != UInt64(expected.deferred) * 4096 {
                 problem("\(modelDevice.device.path): statistics free/used/reserved/deferred \(space.freeBytes)/\(space.usedBytes)/\(space.reservedBytes)/\(space.deferredBytes), model \(expected) units")
             }
+        }
+        if allocator.hasDeferredFrees != (modelDeferredUnits > 0) {
+            problem("hasDeferredFrees is \(allocator.hasDeferredFrees), the model has \(modelDeferredUnits) deferred units")
         }
         return problemList
     }
