@@ -90,19 +90,9 @@ struct DMUBenchmark: ParsableCommand {
         let runsNew1m = chosen.contains("new1m"), runsOverwrite4k = chosen.contains("overwrite4k")
         let scratch = try makeTempDirectory(base: "/tmp")
         defer { removeTree(scratch) }
-        let path: String
-        var directory: String? = nil
-        switch target {
-        case "file":
-            directory = try makeTempDirectory(base: dir)
-            path = directory! + "/dmu-target.img"
-            try createSparseFile(path, size: sizeBytes)
-        case let spec where isZramTarget(spec):
-            path = try prepareTarget(spec, wipe: false, sizeBytes: sizeBytes, directory: scratch, scratch: scratch).path
-        default:
-            throw ValidationError("--target must be file, zram or zramN")
-        }
-        defer { if let directory { removeTree(directory) } }
+        let targetDevice = try SingleDeviceTarget(spec: target, dir: dir, sizeBytes: sizeBytes, fileName: "dmu-target.img", scratch: scratch)
+        defer { targetDevice.remove() }
+        let path = targetDevice.path
         let hasFio = (try? Fio.ensureInstalled(scratch: scratch)) != nil
         let fioSize = min(sizeBytes / 2, 2 << 30)
         print("strata-perf dmu: \(target) target \(path), \(sizeBytes >> 20) MiB, \(roundCount) rounds of \(runSeconds) s, \(depth) transaction(s) in flight per thread")
@@ -206,7 +196,7 @@ struct DMUBenchmark: ParsableCommand {
     }
 
     func openStore(path: String, sizeBytes: UInt64, replay: Bool, fillBytes: UInt64 = 0) throws -> (ObjectStore, BlockDevice) {
-        let device = try BlockDevice.open(path, options: .init(createSizeBytes: target == "file" ? sizeBytes : nil))
+        let device = try BlockDevice.open(path, options: .init(createSizeBytes: isZramTarget(target) ? nil : sizeBytes))
         let pool = try Pool.create(name: "dmubench", devices: [(storage: device, role: .data)], force: true)
         return (try ObjectStore.open(pool: pool, settings: settings(replay: replay, fillBytes: fillBytes, sizeBytes: sizeBytes)), device)
     }

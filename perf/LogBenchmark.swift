@@ -31,7 +31,7 @@ struct LogBenchmark: ParsableCommand {
         abstract: "Intent log: group commit (records/s, latency, batch sizes) and replay of a full log, with fio anchors."
     )
 
-    @Option(help: "file (a file in --dir) or zram (/dev/zram0, overwritten).")
+    @Option(help: "file (a file in --dir) or zram (/dev/zram0, overwritten; zramN for /dev/zramN).")
     var target: String = "file"
 
     @Option(help: "Directory for the file target (must support O_DIRECT; default: current directory).")
@@ -63,20 +63,9 @@ struct LogBenchmark: ParsableCommand {
         let threadCounts = threads.split(separator: ",").compactMap { Int($0) }
         let scratch = try makeTempDirectory(base: "/tmp")
         defer { removeTree(scratch) }
-        let path: String
-        var directory: String? = nil
-        switch target {
-        case "file":
-            directory = try makeTempDirectory(base: dir)
-            path = directory! + "/log-target.img"
-        case "zram":
-            let prepared = try prepareTarget("zram", wipe: false, sizeBytes: sizeBytes, directory: scratch, scratch: scratch)
-            path = prepared.path
-        default:
-            throw ValidationError("--target must be file or zram")
-        }
-        defer { if let directory { removeTree(directory) } }
-        if target == "file" { try createSparseFile(path, size: sizeBytes) }
+        let targetDevice = try SingleDeviceTarget(spec: target, dir: dir, sizeBytes: sizeBytes, fileName: "log-target.img", scratch: scratch)
+        defer { targetDevice.remove() }
+        let path = targetDevice.path
 
         // fio anchors first (they overwrite the target).
         var anchors: [(String, Measurement?)] = []
@@ -89,7 +78,7 @@ struct LogBenchmark: ParsableCommand {
                 "--offset_increment=\(fioSize / 16)", "--group_reporting"])))
         }
 
-        let device = try BlockDevice.open(path, options: .init(createSizeBytes: target == "file" ? sizeBytes : nil))
+        let device = try BlockDevice.open(path, options: .init(createSizeBytes: isZramTarget(target) ? nil : sizeBytes))
         let pool = try Pool.create(name: "logbench", devices: [(storage: device, role: .data)], force: true)
         var settings = LogSettings()
         settings.logBytesMax = max(fillBytes + 3 * settings.segmentBytes, 256 << 20) / settings.segmentBytes * settings.segmentBytes

@@ -190,3 +190,32 @@ private func refuseIfMounted(device: String, sysName: String) throws {
         }
     }
 }
+
+/// The one-device target of the log and object-store benchmarks: `file` is a sparse file of
+/// `sizeBytes` in a fresh directory under `dir` (removed by `remove()`), `zram`/`zramN` the zram
+/// device (sized now if it has no size; `Cleanup` resets it).
+struct SingleDeviceTarget {
+    let path: String
+    let isFile: Bool
+    private let directory: String?
+
+    init(spec: String, dir: String, sizeBytes: UInt64, fileName: String, scratch: String) throws {
+        if spec == "file" {
+            let made = try makeTempDirectory(base: dir)
+            directory = made
+            path = made + "/" + fileName
+            isFile = true
+            try createSparseFile(path, size: sizeBytes)
+        } else if isZramTarget(spec) {
+            directory = nil
+            path = try prepareTarget(spec, wipe: false, sizeBytes: sizeBytes, directory: scratch, scratch: scratch).path
+            isFile = false
+        } else {
+            throw PerfError.target("--target must be file, zram or zramN, not \(spec)")
+        }
+    }
+
+    func remove() {
+        if let directory { removeTree(directory) }
+    }
+}
