@@ -160,6 +160,7 @@ extension ExtentMap {
 
     private func loadNode(_ pointer: BlockPointer, expectedLevel: Int?, expectedSpan: Range<UInt64>?, expectedCount: Int?,
                           store: any MetadataStore) throws(ExtentMapError) {
+        if let problem = pointer.formatProblem { throw .metadata(object: objectNumber, .unreadablePointer(pointer: pointer, problem: problem)) }
         guard pointer.lengthBytes >= UInt64(Self.blockHeaderBytes), pointer.lengthBytes <= 1 << 20 else {
             throw .corrupt(object: objectNumber, block: pointer, reason: "block length \(pointer.lengthBytes)")
         }

@@ -160,6 +160,7 @@ public final class IndexTree {
 
     /// Reads and checks the node at `pointer` from the store (not through the cache).
     static func read(_ pointer: BlockPointer, level: Int?, isRoot: Bool, store: any MetadataStore, name: String) throws(IndexTreeError) -> IndexNode {
+        if let problem = pointer.formatProblem { throw .store(tree: name, pointer: pointer, .unreadablePointer(pointer: pointer, problem: problem)) }
         guard pointer.lengthBytes == UInt64(nodeBytes) else {
             throw .malformedNode(tree: name, pointer: pointer, reason: "pointer length \(pointer.lengthBytes), nodes are \(nodeBytes) bytes")
         }

@@ -12,8 +12,10 @@
 //   - `writeNew` allocates (class metadata), writes, and returns the pointer with the checksum
 //     and the birth checkpoint; nothing is durable until the pool's next commit flushes;
 //   - `read` fills the buffer and verifies the checksum (a mismatch is an error naming the
-//     pointer);
-//   - `free` releases a block the next checkpoint no longer references (deferred by the pool).
+//     pointer); a block with two copies is read from the second when the first fails, and an
+//     error names every copy only when all fail;
+//   - `free` releases a block the next checkpoint no longer references (every copy; deferred by
+//     the pool).
 // Block lengths are multiples of 4 KiB.
 
 import StrataIO
@@ -21,9 +23,17 @@ import StrataPool
 import Synchronization
 
 public enum MetadataStoreError: Error, Equatable, Sendable, CustomStringConvertible {
+    /// The block read at `pointer` (one copy: a two-copy block's error names the copy alone, as a
+    /// one-address pointer) does not match its checksum.
     case checksumMismatch(pointer: BlockPointer, path: String, found: UInt32)
     case noSpace(String)
     case io(IOError)
+    /// The pool keeps more copies of metadata than a block pointer can name.
+    case tooManyCopies(pool: String, copies: Int, copiesMax: Int)
+    /// The pointer's bytes are not a form this build can follow (`BlockPointer.formatProblem`).
+    case unreadablePointer(pointer: BlockPointer, problem: String)
+    /// Every copy of a multi-copy block failed: one error per copy, in copy order.
+    case everyCopyFailed(pointer: BlockPointer, errors: [MetadataStoreError])
 
     public var description: String {
         switch self {
@@ -31,6 +41,13 @@ public enum MetadataStoreError: Error, Equatable, Sendable, CustomStringConverti
             return "\(path): metadata block at offset \(pointer.offsetBytes) length \(pointer.lengthBytes) (born in checkpoint \(pointer.birthCheckpoint)): checksum \(found) does not match its pointer's \(pointer.checksum)"
         case .noSpace(let message): return message
         case .io(let error): return error.description
+        case .tooManyCopies(let pool, let copies, let copiesMax):
+            return "pool '\(pool)' keeps copies.metadata=\(copies); block pointers name at most \(copiesMax) copies (two addresses fit in a 32-byte pointer): set copies.metadata to 1...\(copiesMax)"
+        case .unreadablePointer(let pointer, let problem):
+            return "metadata block pointer (device \(pointer.deviceIndex) offset \(pointer.offsetBytes), born in checkpoint \(pointer.birthCheckpoint)): \(problem)"
+        case .everyCopyFailed(let pointer, let errors):
+            return "metadata block of \(pointer.lengthBytes) bytes born in checkpoint \(pointer.birthCheckpoint): all \(errors.count) copies failed: "
+                + errors.enumerated().map { "copy \($0.offset): \($0.element)" }.joined(separator: "; ")
         }
     }
 }
@@ -74,6 +91,7 @@ public final class MemoryMetadataStore: MetadataStore {
     }
 
     public func read(_ pointer: BlockPointer, into buffer: UnsafeMutableRawBufferPointer) throws(MetadataStoreError) {
+        if let problem = pointer.formatProblem { throw .unreadablePointer(pointer: pointer, problem: problem) }
         precondition(buffer.count == Int(pointer.lengthBytes), "read buffer \(buffer.count) for a block of \(pointer.lengthBytes)")
         let bytes = state.withLock { $0.blocks[pointer.offsetBytes] }
         guard let bytes, bytes.count == buffer.count else {

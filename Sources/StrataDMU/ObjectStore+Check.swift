@@ -7,7 +7,10 @@
 // tree and data extents, xattr block and index tree, the log head and the segments it lists — and
 // reads every metadata block through its checksummed pointer (so every metadata checksum is
 // verified, and with `verifyData` every data chunk too). Each referenced 4 KiB unit is marked in a
-// per-device bitmap: a unit marked twice is doubly owned. Then the marks are compared with the
+// per-device bitmap: a unit marked twice is doubly owned. A metadata block with two copies (the
+// pool's `copies.metadata` = 2) has both copies marked, and each copy is read and verified on
+// its own: the walk reads through the store, which falls back to copy 1 when copy 0 is bad and
+// so would hide it; a bad copy is a problem even when the other is good. Then the marks are compared with the
 // durable view of the space maps: a referenced unit the maps call free is a use-after-free
 // waiting to happen, an allocated unit nothing references is a leak. Segments named only by log
 // blocks written after the checkpoint are the log's (open claims them) and are excluded from both
@@ -214,13 +217,51 @@ extension ObjectStore {
 final class Checker {
     var report = StoreCheckReport()
     var marks: UnitMarks
+    /// Reads single copies of multi-copy blocks.
+    let copies: PoolMetadataStore
 
-    init(pool: Pool) { marks = UnitMarks(pool: pool) }
+    init(pool: Pool) {
+        marks = UnitMarks(pool: pool)
+        copies = PoolMetadataStore(pool: pool)
+    }
 
+    /// The longest metadata block (extent-map blocks, the largest, are at most 1 MiB): a longer
+    /// pointer is corrupt, and its copies are not read.
+    static let metadataBlockBytesMax: UInt64 = 1 << 20
+
+    /// A metadata block the checkpoint references: every copy marked once; with several copies,
+    /// every copy read and verified alone (a single copy is verified by the walk's read).
     func reference(_ pointer: BlockPointer, _ owner: String) {
         report.metadataBlocks += 1
-        marks.mark(deviceIndex: pointer.deviceIndex, range: pointer.offsetBytes ..< pointer.offsetBytes + pointer.lengthBytes,
-                   owner: owner, report: &report)
+        if let problem = pointer.formatProblem {
+            report.problem("\(owner): \(problem)")
+            return
+        }
+        let copyCount = pointer.copyCount
+        for copy in 0 ..< copyCount {
+            let place = pointer.address(ofCopy: copy)
+            let name = copyCount == 1 ? owner : "\(owner) (copy \(copy) of \(copyCount))"
+            let (end, overflow) = place.offsetBytes.addingReportingOverflow(pointer.lengthBytes)
+            guard !overflow else {
+                report.problem("\(name): \(pointer.lengthBytes) bytes at \(place) run past 2^64")
+                continue
+            }
+            marks.mark(deviceIndex: place.deviceIndex, range: place.offsetBytes ..< end, owner: name, report: &report)
+        }
+        guard copyCount > 1 else { return }
+        guard pointer.lengthBytes > 0, pointer.lengthBytes <= Self.metadataBlockBytesMax else {
+            report.problem("\(owner): a metadata block of \(pointer.lengthBytes) bytes (at most \(Self.metadataBlockBytesMax))")
+            return
+        }
+        let buffer = allocateAlignedBuffer(byteCount: Int(pointer.lengthBytes))
+        defer { buffer.deallocate() }
+        for copy in 0 ..< copyCount {
+            do {
+                try copies.readCopy(pointer, copy: copy, into: buffer)
+            } catch {
+                report.problem("\(owner): copy \(copy) of \(copyCount) at \(pointer.address(ofCopy: copy)) is bad: \(error)")
+            }
+        }
     }
 }
 

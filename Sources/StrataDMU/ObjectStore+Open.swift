@@ -28,10 +28,10 @@ extension ObjectStore {
         let logCap = capacity / 4 / settings.log.segmentBytes * settings.log.segmentBytes
         if logCap < settings.log.logBytesMax && logCap >= 4 * settings.log.segmentBytes { settings.log.logBytesMax = logCap }
         var problems = settings.validationProblems()
-        // Block pointers hold one address: refuse up front what the first checkpoint would.
+        // Block pointers name at most two copies: refuse up front what the first checkpoint would.
         let metadataCopies = pool.allocator.policy.copies(for: .metadata)
-        if metadataCopies != 1 && !pool.isReadOnly {
-            problems.append("pool '\(pool.name)' keeps copies.metadata=\(metadataCopies); the object store's block pointers hold one address (multi-address pointers are not supported yet): create the pool with copies metadata=1")
+        if metadataCopies > BlockPointer.copiesMax && !pool.isReadOnly {
+            problems.append(MetadataStoreError.tooManyCopies(pool: pool.name, copies: metadataCopies, copiesMax: BlockPointer.copiesMax).description)
         }
         guard problems.isEmpty else { throw .invalidSettings(problems) }
         let uberblock = pool.uberblock

@@ -450,6 +450,7 @@ public final class ObjectStore: @unchecked Sendable {
     static func decodePointer(_ value: [UInt8], what: String) throws(ObjectStoreError) -> BlockPointer {
         guard value.count == BlockPointer.encodedByteCount else { throw .corrupt("\(what): pointer of \(value.count) bytes") }
         let pointer = value.withUnsafeBytes { BlockPointer.decode(from: $0, at: 0) }
+        if let problem = pointer.formatProblem { throw .metadata(.unreadablePointer(pointer: pointer, problem: "\(what): \(problem)")) }
         guard !pointer.isNull, pointer.lengthBytes > 0 else { throw .corrupt("\(what): null pointer") }
         return pointer
     }

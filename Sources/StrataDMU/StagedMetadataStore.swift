@@ -9,7 +9,9 @@
 // flushes the devices and writes the uberblock naming them. In between, the structures already
 // hold pointers to staged places, and a read of one (a clean index node evicted and read back, a
 // table block looked up) is served from the staged copy: `read` consults the staging table before
-// the device. Once written, the staged copies are dropped.
+// the device. Once written, the staged copies are dropped. A block with two copies (the pool's
+// `copies.metadata` = 2, PoolMetadataStore) is staged once, under copy 0's place, and written to
+// both places by `writeStaged`.
 //
 // Invariants: a staged place is allocated and referenced by nothing durable until the uberblock;
 // every staged block is written before `commitPrepared`, even one freed meanwhile (freed
@@ -26,14 +28,20 @@ public final class StagedMetadataStore: MetadataStore, @unchecked Sendable {
         var offsetBytes: UInt64
     }
 
+    /// A staged block: its bytes, and the place of its second copy when it has one.
+    struct StagedBlock {
+        var buffer: UnsafeMutableRawBufferPointer
+        var secondCopy: Address?
+    }
+
     public let pool: Pool
     /// Reads of blocks not staged, and frees.
     let direct: PoolMetadataStore
-    /// Guarded by `lock`.
-    private var blocks: [Address: UnsafeMutableRawBufferPointer] = [:]
+    /// Keyed by copy 0's place. Guarded by `lock`.
+    private var blocks: [Address: StagedBlock] = [:]
     private let lock = Monitor()
 
-    private func withStaged<Result>(_ body: (inout [Address: UnsafeMutableRawBufferPointer]) -> Result) -> Result {
+    private func withStaged<Result>(_ body: (inout [Address: StagedBlock]) -> Result) -> Result {
         lock.lock()
         defer { lock.unlock() }
         return body(&blocks)
@@ -46,32 +54,39 @@ public final class StagedMetadataStore: MetadataStore, @unchecked Sendable {
 
     deinit {
         withStaged { blocks in
-            for buffer in blocks.values { buffer.deallocate() }
+            for block in blocks.values { block.buffer.deallocate() }
         }
     }
 
     /// Blocks staged and not written yet.
     public var stagedBlockCount: Int { withStaged { $0.count } }
-    public var stagedBytes: Int { withStaged { $0.values.reduce(0) { $0 + $1.count } } }
+    /// Bytes the staged blocks will write, every copy counted.
+    public var stagedBytes: Int { withStaged { $0.values.reduce(0) { $0 + $1.buffer.count * ($1.secondCopy == nil ? 1 : 2) } } }
+    /// Reads from the devices served by a second copy (`PoolMetadataStore.fallbackReadCount`).
+    public var fallbackReadCount: Int { direct.fallbackReadCount }
 
     public func writeNew(_ bytes: UnsafeRawBufferPointer) throws(MetadataStoreError) -> BlockPointer {
         precondition(!pool.isReadOnly, "metadata write on a read-only pool")
-        let (extent, _, birth) = try allocateMetadataPlace(pool: pool, byteCount: bytes.count)
+        let (copies, birth) = try allocateMetadataPlace(pool: pool, byteCount: bytes.count)
+        let pointer = BlockPointer(copies: copies, birthCheckpoint: birth, checksum: CRC32C.checksum(bytes))
         let buffer = allocateAlignedBuffer(byteCount: bytes.count)
         buffer.copyMemory(from: bytes)
-        let previous = withStaged { $0.updateValue(buffer, forKey: Address(deviceIndex: extent.deviceIndex, offsetBytes: extent.offsetBytes)) }
-        precondition(previous == nil, "metadata place \(extent) staged twice")
-        return BlockPointer(deviceIndex: extent.deviceIndex, offsetBytes: extent.offsetBytes, lengthBytes: extent.lengthBytes,
-                            birthCheckpoint: birth, checksum: CRC32C.checksum(bytes))
+        let staged = StagedBlock(buffer: buffer, secondCopy: pointer.secondCopy.map { Address(deviceIndex: $0.deviceIndex, offsetBytes: $0.offsetBytes) })
+        let previous = withStaged { $0.updateValue(staged, forKey: Address(deviceIndex: pointer.deviceIndex, offsetBytes: pointer.offsetBytes)) }
+        precondition(previous == nil, "metadata place \(copies) staged twice")
+        return pointer
     }
 
     public func read(_ pointer: BlockPointer, into buffer: UnsafeMutableRawBufferPointer) throws(MetadataStoreError) {
+        if let problem = pointer.formatProblem { throw .unreadablePointer(pointer: pointer, problem: problem) }
         precondition(buffer.count == Int(pointer.lengthBytes), "read buffer \(buffer.count) for a block of \(pointer.lengthBytes)")
         let address = Address(deviceIndex: pointer.deviceIndex, offsetBytes: pointer.offsetBytes)
         let hit = withStaged { blocks -> Bool in
             guard let block = blocks[address] else { return false }
-            precondition(block.count == buffer.count, "staged block of \(block.count) bytes read as \(buffer.count)")
-            buffer.copyMemory(from: UnsafeRawBufferPointer(block))
+            precondition(block.buffer.count == buffer.count, "staged block of \(block.buffer.count) bytes read as \(buffer.count)")
+            assert(block.secondCopy == pointer.secondCopy.map { Address(deviceIndex: $0.deviceIndex, offsetBytes: $0.offsetBytes) },
+                         "staged block at \(address) read through a pointer with other copies")
+            buffer.copyMemory(from: UnsafeRawBufferPointer(block.buffer))
             return true
         }
         guard hit else {
@@ -88,23 +103,30 @@ public final class StagedMetadataStore: MetadataStore, @unchecked Sendable {
         direct.free(pointer)
     }
 
-    /// Writes every staged block (adjacent blocks of a device in one write, up to 1 MiB), then
-    /// drops them. Not durable: the pool's commit flushes. On an error the blocks stay staged.
+    /// Writes every staged block to every copy's place (adjacent places of a device in one write,
+    /// up to 1 MiB), then drops them. Not durable: the pool's commit flushes. On an error the
+    /// blocks stay staged.
     public func writeStaged() throws(MetadataStoreError) {
         let snapshot = withStaged { blocks in blocks.map { ($0.key, $0.value) } }
-            .sorted { ($0.0.deviceIndex, $0.0.offsetBytes) < ($1.0.deviceIndex, $1.0.offsetBytes) }
+        var writes: [(Address, UnsafeMutableRawBufferPointer)] = []
+        writes.reserveCapacity(snapshot.count * 2)
+        for (address, block) in snapshot {
+            writes.append((address, block.buffer))
+            if let second = block.secondCopy { writes.append((second, block.buffer)) }
+        }
+        writes.sort { ($0.0.deviceIndex, $0.0.offsetBytes) < ($1.0.deviceIndex, $1.0.offsetBytes) }
         let runBytesMax = 1 << 20
         let run = allocateAlignedBuffer(byteCount: runBytesMax)
         defer { run.deallocate() }
         var index = 0
-        while index < snapshot.count {
-            let (start, first) = snapshot[index]
+        while index < writes.count {
+            let (start, first) = writes[index]
             var length = first.count
             var end = index + 1
-            while end < snapshot.count, snapshot[end].0.deviceIndex == start.deviceIndex,
-                  snapshot[end].0.offsetBytes == start.offsetBytes + UInt64(length),
-                  length + snapshot[end].1.count <= runBytesMax {
-                length += snapshot[end].1.count
+            while end < writes.count, writes[end].0.deviceIndex == start.deviceIndex,
+                  writes[end].0.offsetBytes == start.offsetBytes + UInt64(length),
+                  length + writes[end].1.count <= runBytesMax {
+                length += writes[end].1.count
                 end += 1
             }
             do {
@@ -113,7 +135,7 @@ public final class StagedMetadataStore: MetadataStore, @unchecked Sendable {
                 } else {
                     var cursor = 0
                     for position in index..<end {
-                        let block = snapshot[position].1
+                        let block = writes[position].1
                         UnsafeMutableRawBufferPointer(rebasing: run[cursor ..< cursor + block.count]).copyMemory(from: UnsafeRawBufferPointer(block))
                         cursor += block.count
                     }
@@ -125,9 +147,9 @@ public final class StagedMetadataStore: MetadataStore, @unchecked Sendable {
             index = end
         }
         withStaged { blocks in
-            for (address, buffer) in snapshot where blocks[address]?.baseAddress == buffer.baseAddress {
+            for (address, block) in snapshot where blocks[address]?.buffer.baseAddress == block.buffer.baseAddress {
                 blocks.removeValue(forKey: address)
-                buffer.deallocate()
+                block.buffer.deallocate()
             }
         }
     }

@@ -179,6 +179,9 @@ public struct SystemAttributes: Sendable {
     private mutating func loadOverflow(object: UInt64, store: any MetadataStore) throws(DnodeError) -> [Xattr] {
         if let overflow { return overflow }
         precondition(!overflowBlock.isNull, "object \(object): overflow xattrs neither loaded nor on disk")
+        if let problem = overflowBlock.formatProblem {
+            throw .metadata(object: object, .unreadablePointer(pointer: overflowBlock, problem: problem))
+        }
         let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: Int(overflowBlock.lengthBytes), alignment: 4096)
         defer { buffer.deallocate() }
         do { try store.read(overflowBlock, into: buffer) } catch { throw .metadata(object: object, error) }

@@ -87,20 +87,30 @@ public struct DMUCrashSystem: SystemUnderTest, Sendable {
 
     /// How the log makes a batch durable.
     public let durability: LogSettings.Durability
+    /// The pool's copies.metadata: 1, or 2 on two metadata devices (every metadata block written
+    /// twice and named by two-address pointers).
+    public let metadataCopies: Int
     public let bug: Bug?
 
-    public init(durability: LogSettings.Durability = .fua, bug: Bug? = nil) {
+    public init(durability: LogSettings.Durability = .fua, metadataCopies: Int = 1, bug: Bug? = nil) {
+        precondition(metadataCopies == 1 || metadataCopies == 2, "metadataCopies \(metadataCopies)")
         self.durability = durability
+        self.metadataCopies = metadataCopies
         self.bug = bug
     }
 
     public var name: String {
-        "object store (log \(durability == .fua ? "fua" : "write+flush"))" + (bug.map { " with bug \($0.rawValue)" } ?? "")
+        "object store (log \(durability == .fua ? "fua" : "write+flush")"
+            + (metadataCopies > 1 ? ", copies.metadata=\(metadataCopies) on two metadata devices" : "") + ")"
+            + (bug.map { " with bug \($0.rawValue)" } ?? "")
     }
 
+    /// data, metadata, log (indices 0, 1, 2), and a second metadata device last when metadata
+    /// keeps two copies.
     public var devices: [DeviceSpec] {
         [DeviceSpec(name: "data", sizeBytes: 128 << 20), DeviceSpec(name: "metadata", sizeBytes: 64 << 20),
          DeviceSpec(name: "log", sizeBytes: 64 << 20)]
+            + (metadataCopies > 1 ? [DeviceSpec(name: "metadata1", sizeBytes: 64 << 20)] : [])
     }
 
     /// The store's settings under test (StoreTestSupport's, plus the deterministic writer).
@@ -124,8 +134,13 @@ public struct DMUCrashSystem: SystemUnderTest, Sendable {
     /// Creates the pool and an empty store (the base image; not recorded).
     public func format(_ devices: [any BlockStorage]) throws {
         Pool.runsDeviceJobsInOrder = true
-        let pool = try Pool.create(name: DMUCrashSystem.poolName,
-                                   devices: [(devices[0], .data), (devices[1], .metadata), (devices[2], .log)])
+        var members: [(storage: any BlockStorage, role: DeviceRole)] = [(devices[0], .data), (devices[1], .metadata), (devices[2], .log)]
+        var policy = PoolPolicy()
+        if metadataCopies > 1 {
+            members.append((devices[3], .metadata))
+            policy.setCopies(metadataCopies, for: .metadata)
+        }
+        let pool = try Pool.create(name: DMUCrashSystem.poolName, devices: members, policy: policy)
         let store = try ObjectStore.open(pool: pool, settings: settings)
         try store.close()
     }

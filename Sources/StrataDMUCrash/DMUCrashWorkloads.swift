@@ -16,6 +16,9 @@
 //                     inside a transaction that goes on; after each, nothing, a batch start, a
 //                     sync or a checkpoint (one checkpoint always in the middle); a final sync.
 //   dmu-random-flush  the same with the log's write-then-flush durability (no FUA).
+//   dmu-random-ditto  dmu-random on a pool with two metadata devices and copies.metadata=2:
+//                     every metadata block written twice, named by two-address pointers; the
+//                     check marks and verifies both copies on every image.
 //   dmu-small         ~20 transactions without large writes or big xattrs: cheap images, many
 //                     per second (the CI budget).
 //   dmu-ace           ACE-style: after a fixed setup, every sequence of at most 2 transactions of
@@ -37,6 +40,8 @@ extension DMUCrashSystem {
         DMUCrashWorkload(system: DMUCrashSystem(), workload: randomWorkload(name: "dmu-random", transactions: 28, large: true)),
         DMUCrashWorkload(system: DMUCrashSystem(durability: .writeThenFlush),
                          workload: randomWorkload(name: "dmu-random-flush", transactions: 28, large: true)),
+        DMUCrashWorkload(system: DMUCrashSystem(metadataCopies: 2),
+                         workload: randomWorkload(name: "dmu-random-ditto", transactions: 28, large: true)),
         DMUCrashWorkload(system: DMUCrashSystem(), workload: randomWorkload(name: "dmu-small", transactions: 20, large: false)),
         DMUCrashWorkload(system: DMUCrashSystem(), workload: aceWorkload()),
     ]

@@ -25,59 +25,13 @@
 //   57   1   zero
 //   58   2   member count (= the configuration's)
 //   60   4   zero
-//   64   32×8 root pointers: offset (8), length (8), birth checkpoint (8), device index (2),
-//            zero (2), crc32c of the pointed-to bytes (4); all zero = null
+//   64   32×8 root pointers in BlockPointer's 32-byte form (BlockPointer.swift: one address, or
+//            two packed when flags bit 0 is set); all zero = null
 //   320  16×n space maps, one per member: copy in use (1), zero (3), crc32c of the copy's
 //            checksum table (4), bitmap block count (4), zero (4)
 //   4092 4   crc32c of bytes [0, 4092)
 
 import StrataIO
-
-/// A checksummed pointer to a run of bytes on one device; the checksum lives here, in the parent.
-public struct BlockPointer: Equatable, Sendable, Codable {
-    public var deviceIndex: Int
-    public var offsetBytes: UInt64
-    public var lengthBytes: UInt64
-    public var birthCheckpoint: UInt64
-    public var checksum: UInt32
-
-    public init(deviceIndex: Int, offsetBytes: UInt64, lengthBytes: UInt64, birthCheckpoint: UInt64, checksum: UInt32) {
-        self.deviceIndex = deviceIndex
-        self.offsetBytes = offsetBytes
-        self.lengthBytes = lengthBytes
-        self.birthCheckpoint = birthCheckpoint
-        self.checksum = checksum
-    }
-
-    public static let null = BlockPointer(deviceIndex: 0, offsetBytes: 0, lengthBytes: 0, birthCheckpoint: 0, checksum: 0)
-    public var isNull: Bool { lengthBytes == 0 }
-
-    /// The one on-disk form of a block pointer (uberblock roots use it; every structure that
-    /// stores pointers should): offset (8), length (8), birth checkpoint (8), device index (2),
-    /// zero (2), crc32c of the pointed-to bytes (4); little-endian; all zero = null.
-    public static let encodedByteCount = 32
-
-    public func encode(into bytes: UnsafeMutableRawBufferPointer, at offset: Int) {
-        precondition(offset >= 0 && offset + BlockPointer.encodedByteCount <= bytes.count, "pointer field at \(offset) past \(bytes.count)")
-        precondition(deviceIndex >= 0 && deviceIndex <= Int(UInt16.max), "device index \(deviceIndex)")
-        let writer = ByteWriter(bytes)
-        writer.put(offsetBytes, at: offset)
-        writer.put(lengthBytes, at: offset + 8)
-        writer.put(birthCheckpoint, at: offset + 16)
-        writer.put(UInt16(deviceIndex), at: offset + 24)
-        writer.put(UInt16(0), at: offset + 26)
-        writer.put(checksum, at: offset + 28)
-    }
-
-    /// Decodes the 32-byte form; total on any bytes (range checks are the reader's job).
-    public static func decode(from bytes: UnsafeRawBufferPointer, at offset: Int) -> BlockPointer {
-        precondition(offset >= 0 && offset + encodedByteCount <= bytes.count, "pointer field at \(offset) past \(bytes.count)")
-        let reader = ByteReader(bytes)
-        return BlockPointer(deviceIndex: Int(reader.get(UInt16.self, at: offset + 24)), offsetBytes: reader.get(UInt64.self, at: offset),
-                            lengthBytes: reader.get(UInt64.self, at: offset + 8), birthCheckpoint: reader.get(UInt64.self, at: offset + 16),
-                            checksum: reader.get(UInt32.self, at: offset + 28))
-    }
-}
 
 /// Where a device's space map is, as of one checkpoint.
 public struct SpaceMapRoot: Equatable, Sendable, Codable {

@@ -116,7 +116,7 @@ struct StrataCrash: ParsableCommand {
                 }
                 planted = match
             }
-            let system = DMUCrashSystem(durability: entry.system.durability, bug: planted)
+            let system = DMUCrashSystem(durability: entry.system.durability, metadataCopies: entry.system.metadataCopies, bug: planted)
             return CrashDriver(system: system, workload: entry.workload, options: options)
         }
         if isPoolWorkload(workload) {

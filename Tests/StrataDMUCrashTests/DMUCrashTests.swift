@@ -7,10 +7,11 @@ import Foundation
 import StrataDMU
 import StrataDMUCrash
 import StrataIO
+import StrataPool
 import StrataTesting
 import Testing
 
-/// Budget (debug build, 2 shared cores): ~3,500 images, ~40 s of CPU; the tests are independent
+/// Budget (debug build, 2 shared cores): ~3,800 images, ~45 s of CPU; the tests are independent
 /// and may run in parallel.
 @Suite struct DMUCrashTests {
     static let replayPrefix = "strata-crash"
@@ -60,6 +61,21 @@ import Testing
     @Test func writeThenFlushLogKeepsTheContract() throws {
         let result = try Self.run(try DMUCrashSystem.workload(named: "dmu-random-flush"), images: 300, seed: 201)
         Self.expectClean("dmu-random-flush", result, images: 300)
+    }
+
+    /// dmu-random on a pool that keeps two copies of metadata (two metadata devices): both copies
+    /// written, named and freed, and every image's check marks and verifies both.
+    @Test func twoMetadataCopiesKeepTheContract() throws {
+        let entry = try DMUCrashSystem.workload(named: "dmu-random-ditto")
+        #expect(entry.system.metadataCopies == 2 && entry.system.devices.count == 4)
+        let devices = entry.system.devices.map { MemoryDevice(path: $0.name, sizeBytes: $0.sizeBytes) }
+        try entry.system.format(devices)
+        let pool = try Pool.importPool(devices: devices, readOnly: true)
+        #expect(pool.uberblock.roots[Uberblock.RootSlot.dnodeTable.rawValue].copyCount == 2, "the table root names two copies")
+        // One seed; crashed recoveries thinned (every 64th image) to keep the test at a few seconds (6 s alone, debug).
+        let result = try Self.run(entry, images: 300, seed: 301,
+                                  options: CrashRunOptions(recoveryCrashEvery: 64, replayCommandPrefix: Self.replayPrefix))
+        Self.expectClean("dmu-random-ditto", result, images: 300)
     }
 
     /// A spread of the 1,040 ACE cases (all of them: `strata-crash --workload dmu-ace --seed 0

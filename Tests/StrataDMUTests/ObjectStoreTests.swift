@@ -225,23 +225,31 @@ enum StoreTestSupport {
         #expect(check.isClean, "\(check.problems)")
     }
 
-    /// Block pointers hold one address: a pool that keeps two copies of metadata is refused at
-    /// open with an error that says what to change, not at its first checkpoint.
-    @Test func poolWithTwoMetadataCopiesIsRefusedAtOpen() throws {
+    /// Block pointers name at most two copies: a pool that keeps three copies of metadata is
+    /// refused at open with an error that names the limit, not at its first checkpoint; two
+    /// copies open (MetadataCopiesTests has the rest).
+    @Test func poolWithMoreMetadataCopiesThanAPointerNamesIsRefusedAtOpen() throws {
         let devices = [MemoryDevice(path: "data0", sizeBytes: 128 * StoreTestSupport.mib), MemoryDevice(path: "meta0", sizeBytes: 64 * StoreTestSupport.mib),
                        MemoryDevice(path: "meta1", sizeBytes: 64 * StoreTestSupport.mib), MemoryDevice(path: "log0", sizeBytes: 64 * StoreTestSupport.mib)]
         var policy = PoolPolicy()
-        policy.setCopies(2, for: .metadata)
-        let pool = try Pool.create(name: "copies2", devices: [(devices[0], .data), (devices[1], .metadata), (devices[2], .metadata), (devices[3], .log)],
+        policy.setCopies(3, for: .metadata)
+        let pool = try Pool.create(name: "copies3", devices: [(devices[0], .data), (devices[1], .metadata), (devices[2], .metadata), (devices[3], .log)],
                                    policy: policy)
         do {
             _ = try ObjectStore.open(pool: pool, settings: StoreTestSupport.settings())
-            Issue.record("a copies.metadata=2 pool opened")
+            Issue.record("a copies.metadata=3 pool opened")
         } catch {
             guard case .invalidSettings(let problems) = error else { Issue.record("unexpected \(error)"); return }
-            #expect(problems.contains { $0.contains("copies.metadata=2") && $0.contains("copies metadata=1") })
+            #expect(problems.contains { $0.contains("copies.metadata=3") && $0.contains("at most 2") })
         }
         #expect(pool.uberblock.roots[Uberblock.RootSlot.dnodeTable.rawValue].isNull, "nothing was written")
+
+        var two = PoolPolicy()
+        two.setCopies(2, for: .metadata)
+        pool.allocator.policy = two
+        let store = try ObjectStore.open(pool: pool, settings: StoreTestSupport.settings())
+        #expect(pool.uberblock.roots[Uberblock.RootSlot.dnodeTable.rawValue].copyCount == 2)
+        try store.close()
     }
 
     @Test func declareThatCannotBeSatisfiedFailsWithENOSPCBeforeAnythingChanges() throws {

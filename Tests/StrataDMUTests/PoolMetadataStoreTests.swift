@@ -88,15 +88,28 @@ import Testing
         }
     }
 
-    @Test func mirroredMetadataIsRefusedClearly() throws {
+    /// copies.metadata = 2 with one metadata device: one copy there, one on the data device (the
+    /// allocator's fallback tier), both on files, and the tree reads back after import.
+    @Test func mirroredMetadataLandsOnTwoDevices() throws {
         try PoolMetadataStoreTests.withPool { directory, members in
             var policy = PoolPolicy()
             policy.setCopies(2, for: .metadata)
             let pool = try Pool.create(name: "tank", members: members, policy: policy)
-            let block = allocateAlignedBuffer(byteCount: 4096)
-            defer { block.deallocate() }
-            #expect(throws: MetadataStoreError.self) { _ = try PoolMetadataStore(pool: pool).writeNew(UnsafeRawBufferPointer(block)) }
-            #expect(pool.status().devices.allSatisfy { $0.space.usedBytes == 0 }, "nothing allocated")
+            let tree = IndexTree(store: PoolMetadataStore(pool: pool), name: "oi")
+            for index in 0..<2000 { try tree.insert(Array("key \(index)".utf8), Array("value \(index)".utf8), mode: .upsert) }
+            let root = try tree.flush()
+            #expect(root.copyCount == 2 && Set([root.address(ofCopy: 0).deviceIndex, root.address(ofCopy: 1).deviceIndex]) == [0, 1])
+            var roots = pool.uberblock.roots
+            roots[Uberblock.RootSlot.objectIndex.rawValue] = root
+            try pool.commitCheckpoint(roots: roots)
+            let used = pool.status().devices.map(\.space.usedBytes)
+            #expect(used[0] == used[1] && used[1] > 0, "every block on both devices: \(used)")
+            try pool.export()
+            let imported = try Pool.importPool(paths: members.map(\.path), readOnly: true)
+            let reloaded = try IndexTree(root: imported.uberblock.roots[Uberblock.RootSlot.objectIndex.rawValue],
+                                         store: PoolMetadataStore(pool: imported), name: "oi")
+            #expect(reloaded.count == 2000)
+            #expect(try reloaded.lookup(Array("key 1234".utf8)) == Array("value 1234".utf8))
         }
     }
 }
