@@ -79,8 +79,10 @@ extension IntentLog {
                 throw .io(error)
             }
         }
-        let pointer = BlockPointer(deviceIndex: headCopies[0].deviceIndex, offsetBytes: headCopies[0].offsetBytes,
-                                   lengthBytes: UInt64(LogHead.headBytes), birthCheckpoint: checkpoint, checksum: checksum)
+        // The uberblock's pointer names every head copy it can hold (two), so a lost device
+        // holding the first copy does not lose the log's root (`readHead` tries each in turn).
+        let named = ExtentCopies(Array(headCopies.prefix(BlockPointer.copiesMax)))
+        let pointer = BlockPointer(copies: named, birthCheckpoint: checkpoint, checksum: checksum)
         monitor.lock()
         pending?.pointer = pointer
         monitor.unlock()

@@ -204,7 +204,26 @@ extension IntentLog {
         return result
     }
 
+    /// Reads the head the uberblock names, trying each copy its pointer holds in turn: the first
+    /// that reads, matches the pointer's checksum and decodes as this pool's head wins; when none
+    /// does, the first copy's problem is reported.
     static func readHead(pool: Pool, root: BlockPointer) throws(LogError) -> LogHead {
+        if let problem = root.formatProblem {
+            throw .corruptHead(path: "device \(root.deviceIndex)", offsetBytes: root.offsetBytes, detail: "unreadable pointer: \(problem)")
+        }
+        var firstError: LogError? = nil
+        for copy in 0..<root.copyCount {
+            do throws(LogError) {
+                return try readHead(pool: pool, copy: root.pointer(toCopy: copy))
+            } catch {
+                if case .unsupportedVersion = error { throw error }     // a newer head is not a bad copy
+                if firstError == nil { firstError = error }
+            }
+        }
+        throw firstError!
+    }
+
+    private static func readHead(pool: Pool, copy root: BlockPointer) throws(LogError) -> LogHead {
         guard root.deviceIndex >= 0, root.deviceIndex < pool.devices.count, root.lengthBytes == UInt64(LogHead.headBytes) else {
             throw .corruptHead(path: "device \(root.deviceIndex)", offsetBytes: root.offsetBytes,
                                detail: "pointer names device \(root.deviceIndex) of \(pool.devices.count), length \(root.lengthBytes)")

@@ -209,4 +209,39 @@ import Testing
             #expect(path == "log0" && offset == root.offsetBytes && detail.contains("checksum"))
         }
     }
+
+    /// With two log devices and copies.log=2 the uberblock's pointer names both head copies: a
+    /// destroyed first copy is read around, both destroyed is the first copy's error.
+    @Test func secondHeadCopyIsReadWhenTheFirstIsBad() throws {
+        let devices = [MemoryDevice(path: "data0", sizeBytes: 64 * LogTestSupport.mib), MemoryDevice(path: "log0", sizeBytes: 64 * LogTestSupport.mib),
+                       MemoryDevice(path: "log1", sizeBytes: 64 * LogTestSupport.mib)]
+        var policy = PoolPolicy()
+        policy.setCopies(2, for: .log)
+        let pool = try Pool.create(name: "logcopies", devices: [(devices[0], .data), (devices[1], .log), (devices[2], .log)], policy: policy)
+        let log = try IntentLog.open(pool: pool, from: .null, settings: LogTestSupport.settings())
+        try LogTestSupport.checkpoint(log, through: 0)
+        for index in 0..<10 { try log.append(type: 1, transactionID: UInt64(index), payload: LogTestSupport.payload(index, length: 300)) }
+        try log.sync()
+        try log.close()
+        let image = LogTestSupport.crashImage(devices)
+        let imported = try Pool.importPool(devices: image, readOnly: true)
+        let root = imported.uberblock.roots[Uberblock.RootSlot.intentLog.rawValue]
+        #expect(root.copyCount == 2 && root.deviceIndex != root.address(ofCopy: 1).deviceIndex)
+
+        let garbage = [UInt8](repeating: 0x55, count: 4096)
+        try garbage.withUnsafeBytes { try image[root.deviceIndex].write($0, at: root.offsetBytes, fua: true) }
+        var count = 0
+        _ = try IntentLog.replay(pool: imported, from: root) { _, _ in count += 1 }
+        #expect(count == 10, "the second head copy should have been read")
+
+        let second = root.address(ofCopy: 1)
+        try garbage.withUnsafeBytes { try image[second.deviceIndex].write($0, at: second.offsetBytes, fua: true) }
+        do {
+            try IntentLog.replay(pool: imported, from: root) { _, _ in }
+            Issue.record("both head copies corrupt, accepted")
+        } catch let error as LogError {
+            guard case .corruptHead(_, let offset, let detail) = error else { Issue.record("\(error)"); return }
+            #expect(offset == root.offsetBytes && detail.contains("checksum"))
+        }
+    }
 }
