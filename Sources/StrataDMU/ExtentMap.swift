@@ -114,6 +114,7 @@ public struct MappedExtent: Equatable, Sendable, CustomStringConvertible {
               copies.allSatisfy({ $0.lengthBytes == lengthBytes && $0.deviceIndex >= 0 && $0.deviceIndex <= Int(UInt32.max) }) else {
             return "\(copies.count) copies of unequal length or bad device"
         }
+        guard copies.allSatisfy({ $0.offsetBytes <= UInt64.max - $0.lengthBytes }) else { return "a copy's end past 2^64" }
         return nil
     }
 

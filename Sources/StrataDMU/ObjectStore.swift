@@ -439,6 +439,9 @@ public final class ObjectStore: @unchecked Sendable {
         do { value = try table.lookup(Self.tableKey(blockIndex)) } catch { throw .index(object: 0, error) }
         guard let value else { return Array(repeating: nil, count: DnodeTableBlock.dnodesPerBlock) }
         let pointer = try Self.decodePointer(value, what: "dnode table block \(blockIndex)")
+        guard pointer.lengthBytes == UInt64(DnodeTableBlock.blockBytes) else {
+            throw .corrupt("dnode table block \(blockIndex): pointer of \(pointer.lengthBytes) bytes, not \(DnodeTableBlock.blockBytes)")
+        }
         let buffer = allocateAlignedBuffer(byteCount: DnodeTableBlock.blockBytes)
         defer { buffer.deallocate() }
         do { try metadata.read(pointer, into: buffer) } catch { throw .metadata(error) }

@@ -182,6 +182,12 @@ public struct SystemAttributes: Sendable {
         if let problem = overflowBlock.formatProblem {
             throw .metadata(object: object, .unreadablePointer(pointer: overflowBlock, problem: problem))
         }
+        // The length comes from disk (checksummed by the parent, but a bug may have written it):
+        // bound it before allocating.
+        guard overflowBlock.lengthBytes > 0, overflowBlock.lengthBytes % 4096 == 0,
+              overflowBlock.lengthBytes <= UInt64(DnodeLimits.xattrBlockBytesMax) else {
+            throw .corrupt(object: object, reason: "xattr block pointer of \(overflowBlock.lengthBytes) bytes (a multiple of 4096 up to \(DnodeLimits.xattrBlockBytesMax) expected)")
+        }
         let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: Int(overflowBlock.lengthBytes), alignment: 4096)
         defer { buffer.deallocate() }
         do { try store.read(overflowBlock, into: buffer) } catch { throw .metadata(object: object, error) }

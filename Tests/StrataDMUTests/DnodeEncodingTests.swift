@@ -38,6 +38,15 @@ func hex(_ bytes: some Sequence<UInt8>) -> String { bytes.map { String(format: "
     }
 
     /// Golden bytes: the header of a known dnode, field by field, and its body.
+    /// An extent whose physical end would pass 2^64 is a format violation (decoders refuse it
+    /// instead of trapping on the addition later, in reads or `pool check`).
+    @Test func extentCopyEndingPast2To64IsAFormatViolation() {
+        var extent = MappedExtent.unchecked
+        #expect(extent.formatViolation == nil)
+        extent.copies = [Extent(deviceIndex: 0, offsetBytes: UInt64.max - 100, lengthBytes: 4096)]
+        #expect(extent.formatViolation?.contains("2^64") == true)
+    }
+
     @Test func goldenBytes() throws {
         let store = MemoryMetadataStore()
         var dnode = sampleDnode()
