@@ -3,8 +3,9 @@
 //   strata-perf dmu [--target file|zram] [--dir PATH] [--size 8G] [--seconds 3] [--rounds 3]
 //                   [--threads 1,16] [--depth 2] [--workloads new1m,overwrite4k] [--replay-bytes 1G] [--smoke]
 //
-// What is measured (one pool on the target, one device holding every role; default settings
-// except a 1 s checkpoint interval so deferred frees come back within a run):
+// What is measured (one pool on the target, one device holding every role, a fresh pool and
+// store per workload; default settings except a 1 s checkpoint interval for new1m, so the space
+// its destroys free comes back within a run):
 //   - new1m: T threads each create an object and write 1 MiB to it in one transaction, durable
 //     (commit callback), in a loop; every thread destroys its objects older than
 //     its last 8 (separate transactions, not waited). MiB/s against fio 1 MiB sequential write
@@ -121,20 +122,35 @@ struct DMUBenchmark: ParsableCommand {
                     fio4kSame.append(m.iops)
                 }
             }
-            let (store, device) = try openStore(path: path, sizeBytes: sizeBytes, replay: false)
-            for count in threadCounts where runsNew1m {
-                do {
-                    new1m[count, default: []].append(try newObjects(store, threads: count, seconds: runSeconds))
-                } catch {
-                    let space = store.pool.allocator.statistics().devices[0]
-                    progress("strata-perf dmu: new1m failed with \(space.usedBytes >> 20) MiB used, \(space.deferredBytes >> 20) MiB deferred, \(space.reservedBytes >> 20) MiB reserved, \(space.freeBytes >> 20) MiB free; \(store.statistics); log \(store.log!.usage)")
-                    throw error
+            // Each workload on a fresh pool and store: nothing carries over from one to the other.
+            var measured: ObjectStore? = nil
+            if runsNew1m {
+                let (store, _) = try openStore(path: path, sizeBytes: sizeBytes, purpose: .new1m)
+                for count in threadCounts {
+                    do {
+                        new1m[count, default: []].append(try newObjects(store, threads: count, seconds: runSeconds))
+                    } catch {
+                        let space = store.pool.allocator.statistics().devices[0]
+                        progress("strata-perf dmu: new1m failed with \(space.usedBytes >> 20) MiB used, \(space.deferredBytes >> 20) MiB deferred, \(space.reservedBytes >> 20) MiB reserved, \(space.freeBytes >> 20) MiB free; \(store.statistics); log \(store.log!.usage)")
+                        throw error
+                    }
+                }
+                if runsOverwrite4k {
+                    try store.close()
+                    try store.pool.export()
+                } else {
+                    measured = store
                 }
             }
-            let objects = runsOverwrite4k ? try preallocate(store, count: 100, bytes: 4 << 20) : []
-            for count in threadCounts where runsOverwrite4k {
-                over4k[count, default: []].append(try overwrites(store, objects: objects, threads: count, seconds: runSeconds))
+            if runsOverwrite4k {
+                let (store, _) = try openStore(path: path, sizeBytes: sizeBytes, purpose: .overwrite4k)
+                let objects = try preallocate(store, count: 100, bytes: 4 << 20)
+                for count in threadCounts {
+                    over4k[count, default: []].append(try overwrites(store, objects: objects, threads: count, seconds: runSeconds))
+                }
+                measured = store
             }
+            guard let store = measured else { preconditionFailure("no workload ran") }
             let before = store.statistics
             let start = monotonicNanoseconds()
             try store.checkpoint()
@@ -144,7 +160,6 @@ struct DMUBenchmark: ParsableCommand {
             switchMaxMs.append(Double(after.switchNsMax) / 1e6)
             try store.close()
             try store.pool.export()
-            _ = device
             progress("  round \(round + 1)/\(roundCount) done")
         }
 
@@ -181,10 +196,20 @@ struct DMUBenchmark: ParsableCommand {
         if fillBytes > 0 { try replay(path: path, sizeBytes: sizeBytes, fillBytes: fillBytes) }
     }
 
-    func settings(replay: Bool, fillBytes: UInt64 = 0, sizeBytes: UInt64 = 0) -> ObjectStoreSettings {
+    /// What a store is opened for (its settings differ only where the workload needs it).
+    enum Purpose { case new1m, overwrite4k, replay }
+
+    /// Default settings, except: new1m checkpoints every second so the space its destroys free
+    /// comes back within a run (frees return two checkpoints later); replay never checkpoints
+    /// while the log fills.
+    func settings(_ purpose: Purpose, fillBytes: UInt64 = 0, sizeBytes: UInt64 = 0) -> ObjectStoreSettings {
         var settings = ObjectStoreSettings()
-        settings.checkpointIntervalNs = 1_000_000_000
-        if replay {
+        switch purpose {
+        case .new1m:
+            settings.checkpointIntervalNs = 1_000_000_000
+        case .overwrite4k:
+            break
+        case .replay:
             // No checkpoint while the log fills: no background thread, and bounds (dirty pages,
             // the reserve behind them, the log) above what the fill reaches.
             settings.backgroundCheckpoints = false
@@ -195,10 +220,10 @@ struct DMUBenchmark: ParsableCommand {
         return settings
     }
 
-    func openStore(path: String, sizeBytes: UInt64, replay: Bool, fillBytes: UInt64 = 0) throws -> (ObjectStore, BlockDevice) {
+    func openStore(path: String, sizeBytes: UInt64, purpose: Purpose, fillBytes: UInt64 = 0) throws -> (ObjectStore, BlockDevice) {
         let device = try BlockDevice.open(path, options: .init(createSizeBytes: isZramTarget(target) ? nil : sizeBytes))
         let pool = try Pool.create(name: "dmubench", devices: [(storage: device, role: .data)], force: true)
-        return (try ObjectStore.open(pool: pool, settings: settings(replay: replay, fillBytes: fillBytes, sizeBytes: sizeBytes)), device)
+        return (try ObjectStore.open(pool: pool, settings: settings(purpose, fillBytes: fillBytes, sizeBytes: sizeBytes)), device)
     }
 
     /// A latency histogram that commit callbacks (on the log's writer thread) and its owner share.
@@ -358,7 +383,7 @@ struct DMUBenchmark: ParsableCommand {
     /// Fills the log with 4 KiB overwrites (no checkpoint), then times a replaying open of a
     /// read-only import of the same device.
     func replay(path: String, sizeBytes: UInt64, fillBytes: UInt64) throws {
-        let (store, device) = try openStore(path: path, sizeBytes: sizeBytes, replay: true, fillBytes: fillBytes)
+        let (store, device) = try openStore(path: path, sizeBytes: sizeBytes, purpose: .replay, fillBytes: fillBytes)
         let objects = try preallocate(store, count: 100, bytes: 4 << 20)
         let covered = store.log!.usage.appendedLSN
         let perRecord = UInt64(LogBlock.recordBytes(payloadBytes: 20 + 4096))
@@ -396,7 +421,7 @@ struct DMUBenchmark: ParsableCommand {
         // The "crash": a read-only import of the device as it is, replaying in memory.
         let readOnly = try Pool.importPool(devices: [device], readOnly: true)
         let start = monotonicNanoseconds()
-        let recovered = try ObjectStore.open(pool: readOnly, settings: settings(replay: true, fillBytes: fillBytes, sizeBytes: sizeBytes))
+        let recovered = try ObjectStore.open(pool: readOnly, settings: settings(.replay, fillBytes: fillBytes, sizeBytes: sizeBytes))
         let replaySeconds = Double(monotonicNanoseconds() - start) / 1e9
         let records = recovered.statistics.replayedRecords
         print("  replay: \(records) records, \(logBytes >> 20) MiB of log in \(fixed(replaySeconds, 3)) s "
