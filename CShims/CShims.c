@@ -138,6 +138,24 @@ static inline uint32_t crc32c_shift(uint32_t table[4][256], uint32_t crc) {
     return table[0][crc & 0xff] ^ table[1][(crc >> 8) & 0xff] ^ table[2][(crc >> 16) & 0xff] ^ table[3][crc >> 24];
 }
 
+// One chunk of 3·n bytes (n a multiple of 8) as three interleaved streams, joined by `table`
+// (shift over n zero bytes). Inlined with n constant at each call.
+__attribute__((target("sse4.2"), always_inline))
+static inline uint64_t crc32c_three_streams(uint64_t c, const uint8_t *p, size_t n, uint32_t table[4][256]) {
+    uint64_t c1 = 0, c2 = 0;
+    for (size_t i = 0; i < n; i += 8) {
+        uint64_t w0, w1, w2;
+        memcpy(&w0, p + i, 8);
+        memcpy(&w1, p + n + i, 8);
+        memcpy(&w2, p + 2 * n + i, 8);
+        c = __builtin_ia32_crc32di(c, w0);
+        c1 = __builtin_ia32_crc32di(c1, w1);
+        c2 = __builtin_ia32_crc32di(c2, w2);
+    }
+    c = crc32c_shift(table, (uint32_t)c) ^ (uint32_t)c1;
+    return crc32c_shift(table, (uint32_t)c) ^ (uint32_t)c2;
+}
+
 __attribute__((target("sse4.2")))
 static uint32_t crc32c_sse42(uint32_t crc, const void *data, size_t length) {
     const uint8_t *p = (const uint8_t *)data;
@@ -147,34 +165,12 @@ static uint32_t crc32c_sse42(uint32_t crc, const void *data, size_t length) {
         length--;
     }
     while (length >= 3 * CRC32C_LONG) {
-        uint64_t c1 = 0, c2 = 0;
-        for (size_t i = 0; i < CRC32C_LONG; i += 8) {
-            uint64_t w0, w1, w2;
-            memcpy(&w0, p + i, 8);
-            memcpy(&w1, p + CRC32C_LONG + i, 8);
-            memcpy(&w2, p + 2 * CRC32C_LONG + i, 8);
-            c = __builtin_ia32_crc32di(c, w0);
-            c1 = __builtin_ia32_crc32di(c1, w1);
-            c2 = __builtin_ia32_crc32di(c2, w2);
-        }
-        c = crc32c_shift(crc32c_shift_long, (uint32_t)c) ^ (uint32_t)c1;
-        c = crc32c_shift(crc32c_shift_long, (uint32_t)c) ^ (uint32_t)c2;
+        c = crc32c_three_streams(c, p, CRC32C_LONG, crc32c_shift_long);
         p += 3 * CRC32C_LONG;
         length -= 3 * CRC32C_LONG;
     }
     while (length >= 3 * CRC32C_SHORT) {
-        uint64_t c1 = 0, c2 = 0;
-        for (size_t i = 0; i < CRC32C_SHORT; i += 8) {
-            uint64_t w0, w1, w2;
-            memcpy(&w0, p + i, 8);
-            memcpy(&w1, p + CRC32C_SHORT + i, 8);
-            memcpy(&w2, p + 2 * CRC32C_SHORT + i, 8);
-            c = __builtin_ia32_crc32di(c, w0);
-            c1 = __builtin_ia32_crc32di(c1, w1);
-            c2 = __builtin_ia32_crc32di(c2, w2);
-        }
-        c = crc32c_shift(crc32c_shift_short, (uint32_t)c) ^ (uint32_t)c1;
-        c = crc32c_shift(crc32c_shift_short, (uint32_t)c) ^ (uint32_t)c2;
+        c = crc32c_three_streams(c, p, CRC32C_SHORT, crc32c_shift_short);
         p += 3 * CRC32C_SHORT;
         length -= 3 * CRC32C_SHORT;
     }

@@ -3,6 +3,7 @@
 // the open-addressing table under growth and backward-shift deletion; a seeded model test.
 
 import Foundation
+import StrataTesting
 import Testing
 import StrataPool
 @testable import StrataDMU
@@ -184,7 +185,7 @@ import StrataPool
         // against a dictionary model; no eviction (the bound is large), so the cache must hold
         // exactly the model. Replays from the printed seed.
         let seed = UInt64.random(in: 1 ... UInt64.max)
-        var generator = SplitMix(state: seed)
+        var generator = SeededRandom(seed: seed)
         let cache = DnodeCache(settings: DnodeCacheSettings(memoryBytesMax: 1 << 30, shardCount: 4))
         enum Model: Equatable { case present(UInt64, dirty: UInt64), destroyed }
         var model: [UInt64: Model] = [:]
@@ -246,17 +247,5 @@ import StrataPool
             }
         }
         #expect(cache.statistics.cachedCount == model.count && cache.statistics.evictions == 0, "seed \(seed)")
-    }
-}
-
-/// A small seeded generator for the model test (SplitMix64).
-private struct SplitMix {
-    var state: UInt64
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var value = state
-        value = (value ^ (value >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        value = (value ^ (value >> 27)) &* 0x94D0_49BB_1331_11EB
-        return value ^ (value >> 31)
     }
 }
