@@ -28,7 +28,8 @@
 // Determinism: the log's `callerLeads` writer (batches are written by `sync`, `commitAsync`, a
 // full batch or a checkpoint, on the caller's thread), no background checkpoints, and
 // `Pool.runsDeviceJobsInOrder`. A seed always gives the same recording, so a printed image
-// replays. Small settings (256 KiB log segments, 2 MiB of log, 2 MiB of dirty pages) make
+// replays. (`dmu-random-threaded` gives that up to put the production writer and completer
+// threads under the harness: acknowledgements come from the completer thread.) Small settings (256 KiB log segments, 2 MiB of log, 2 MiB of dirty pages) make
 // workloads cross segments, hit the throttle and checkpoint inline.
 //
 // Independently of crashes, every checkpoint and sync operation (and the end of the run) also
@@ -90,18 +91,26 @@ public struct DMUCrashSystem: SystemUnderTest, Sendable {
     /// The pool's copies.metadata: 1, or 2 on two metadata devices (every metadata block written
     /// twice and named by two-address pointers).
     public let metadataCopies: Int
+    /// `.callerLeads` (deterministic: a seed replays) or `.dedicatedThread`, the production
+    /// writer with its completer thread: batches are written when the writer gets to them and
+    /// callbacks acknowledge from the completer, so images differ from run to run and a printed
+    /// address may not replay — but every image is still checked against the contract.
+    public let writer: LogSettings.Writer
     public let bug: Bug?
 
-    public init(durability: LogSettings.Durability = .fua, metadataCopies: Int = 1, bug: Bug? = nil) {
+    public init(durability: LogSettings.Durability = .fua, metadataCopies: Int = 1, writer: LogSettings.Writer = .callerLeads,
+                bug: Bug? = nil) {
         precondition(metadataCopies == 1 || metadataCopies == 2, "metadataCopies \(metadataCopies)")
         self.durability = durability
         self.metadataCopies = metadataCopies
+        self.writer = writer
         self.bug = bug
     }
 
     public var name: String {
         "object store (log \(durability == .fua ? "fua" : "write+flush")"
-            + (metadataCopies > 1 ? ", copies.metadata=\(metadataCopies) on two metadata devices" : "") + ")"
+            + (metadataCopies > 1 ? ", copies.metadata=\(metadataCopies) on two metadata devices" : "")
+            + (writer == .dedicatedThread ? ", writer and completer threads" : "") + ")"
             + (bug.map { " with bug \($0.rawValue)" } ?? "")
     }
 
@@ -121,7 +130,7 @@ public struct DMUCrashSystem: SystemUnderTest, Sendable {
         settings.log.logBytesMax = 2 << 20
         settings.log.batchBytesMax = 256 << 10
         settings.log.appendWaitNsMax = 5_000_000_000
-        settings.log.writer = .callerLeads
+        settings.log.writer = writer
         settings.log.durability = bug == .callbacksBeforeDurable ? .writeThenFlush : durability
         settings.log.firesCallbacksBeforeDurable = bug == .callbacksBeforeDurable
         settings.dirtyBytesMax = 2 << 20

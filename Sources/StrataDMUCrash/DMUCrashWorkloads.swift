@@ -19,6 +19,9 @@
 //   dmu-random-ditto  dmu-random on a pool with two metadata devices and copies.metadata=2:
 //                     every metadata block written twice, named by two-address pointers; the
 //                     check marks and verifies both copies on every image.
+//   dmu-random-threaded  dmu-random with the production log writer (a writer thread and a
+//                     completer thread acknowledging from callbacks): not deterministic (a
+//                     printed address may not replay), every image checked all the same.
 //   dmu-small         ~20 transactions without large writes or big xattrs: cheap images, many
 //                     per second (the CI budget).
 //   dmu-ace           ACE-style: after a fixed setup, every sequence of at most 2 transactions of
@@ -42,6 +45,8 @@ extension DMUCrashSystem {
                          workload: randomWorkload(name: "dmu-random-flush", transactions: 28, large: true)),
         DMUCrashWorkload(system: DMUCrashSystem(metadataCopies: 2),
                          workload: randomWorkload(name: "dmu-random-ditto", transactions: 28, large: true)),
+        DMUCrashWorkload(system: DMUCrashSystem(writer: .dedicatedThread),
+                         workload: randomWorkload(name: "dmu-random-threaded", transactions: 28, large: true)),
         DMUCrashWorkload(system: DMUCrashSystem(), workload: randomWorkload(name: "dmu-small", transactions: 20, large: false)),
         DMUCrashWorkload(system: DMUCrashSystem(), workload: aceWorkload()),
     ]

@@ -116,7 +116,8 @@ struct StrataCrash: ParsableCommand {
                 }
                 planted = match
             }
-            let system = DMUCrashSystem(durability: entry.system.durability, metadataCopies: entry.system.metadataCopies, bug: planted)
+            let system = DMUCrashSystem(durability: entry.system.durability, metadataCopies: entry.system.metadataCopies,
+                                        writer: entry.system.writer, bug: planted)
             return CrashDriver(system: system, workload: entry.workload, options: options)
         }
         if isPoolWorkload(workload) {

@@ -63,6 +63,22 @@ import Testing
         Self.expectClean("dmu-random-flush", result, images: 300)
     }
 
+    /// The production log writer (writer and completer threads; callbacks acknowledge from the
+    /// completer) under the harness: not deterministic, so only the contract is asserted.
+    @Test func threadedWriterKeepsTheContract() throws {
+        let entry = try DMUCrashSystem.workload(named: "dmu-random-threaded")
+        #expect(entry.system.writer == .dedicatedThread)
+        let result = try Self.run(entry, images: 300, seed: 401,
+                                  options: CrashRunOptions(recoveryCrashEvery: 64, replayCommandPrefix: Self.replayPrefix))
+        Self.expectClean("dmu-random-threaded", result, images: 300)
+        // And it can fail: callbacks fired between a batch's write and its flush are caught.
+        let planted = try Self.run(entry, system: DMUCrashSystem(writer: .dedicatedThread, bug: .callbacksBeforeDurable),
+                                   images: 2_000, seed: 401,
+                                   options: CrashRunOptions(recoveryCrashEvery: 64, replayCommandPrefix: Self.replayPrefix),
+                                   stopAtFirstViolation: true)
+        #expect(!planted.report.violations.isEmpty, "the threaded writer's planted bug was not caught")
+    }
+
     /// dmu-random on a pool that keeps two copies of metadata (two metadata devices): both copies
     /// written, named and freed, and every image's check marks and verifies both.
     @Test func twoMetadataCopiesKeepTheContract() throws {
