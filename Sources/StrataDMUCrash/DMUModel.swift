@@ -111,7 +111,8 @@ public struct DMUModel: Sendable {
             modify(id) { $0.xattrs[name] = DMUData.bytes(seed: seed, count: valueBytes) }
         case .removeXattr(_, let name):
             modify(id) { object in
-                precondition(object.xattrs.removeValue(forKey: name) != nil, "model: remove of absent xattr \(name)")
+                let removed = object.xattrs.removeValue(forKey: name)
+                precondition(removed != nil, "model: remove of absent xattr \(name)")
             }
         case .indexInsert(_, let key, let valueBytes, let seed, let upsert):
             modify(id) { object in
@@ -120,10 +121,12 @@ public struct DMUModel: Sendable {
             }
         case .indexDelete(_, let key):
             modify(id) { object in
-                precondition(object.index.removeValue(forKey: key) != nil, "model: delete of absent key")
+                let removed = object.index.removeValue(forKey: key)
+                precondition(removed != nil, "model: delete of absent key")
             }
         case .destroy:
-            precondition(objects.removeValue(forKey: id) != nil, "model: destroy of absent \(id)")
+            let removed = objects.removeValue(forKey: id)
+            precondition(removed != nil, "model: destroy of absent \(id)")
         case .removeMissingXattr, .insertExistingKey:
             break
         }

@@ -65,7 +65,8 @@ final class LogWaiters: @unchecked Sendable {
         targetLSN = .allocate(capacity: count)
         targetLSN.initialize(repeating: 0, count: count)
         for slot in 0..<count {
-            precondition(pthread_mutex_init(parkMutexes + slot, nil) == 0, "pthread_mutex_init")
+            let initialized = pthread_mutex_init(parkMutexes + slot, nil)
+            precondition(initialized == 0, "pthread_mutex_init: \(initialized)")
             Monitor.initMonotonicCondition(parkConditions + slot)
         }
     }
