@@ -53,9 +53,10 @@ import Glibc
 
 /// Settings of the dnode cache, each with its reason.
 public struct DnodeCacheSettings: Sendable, Equatable {
-    /// Memory for cached dnodes and their index. 256 MiB holds ~900k dnodes of the typical
-    /// Lustre shape (LMA + layout inline, ~290 B each): the working set of a busy MDT without
-    /// taking a large share of a server's memory. Bytes.
+    /// Memory for cached dnodes and their index. 256 MiB holds ~515k dnodes of the typical
+    /// Lustre shape (LMA + PFID inline, ~520 B charged each: the entry, its share of the index,
+    /// the SA and extent arrays; `strata-perf dnode-cache`): the working set of a busy MDT
+    /// without taking a large share of a server's memory. Bytes.
     public var memoryBytesMax: Int = 256 << 20
     /// Lock stripes, a power of two. 16 keeps two threads on one shard 1/16 of the time on random
     /// objects, for 16 × 128 bytes of shard headers.

@@ -223,6 +223,9 @@ public struct ObjectStoreStatistics: Sendable, Equatable {
     public var dirtyPageBytes = 0
     public var objectStates = 0
     public var throttleWaits = 0
+    /// Metadata reads the first copy failed (I/O error or checksum) and the second served: a
+    /// non-zero count means a damaged copy that `strata pool check` will name.
+    public var metadataFallbackReads = 0
     public init() {}
 }
 
@@ -371,6 +374,7 @@ public final class ObjectStore: @unchecked Sendable {
             var result = stats
             result.dirtyPageBytes = dirtyPageBytes
             result.objectStates = objects.count
+            result.metadataFallbackReads = metadata.fallbackReadCount
             return result
         }
     }

@@ -275,6 +275,7 @@ import Testing
         let store = try Support.reopen(devices, readOnly: true)
         try Self.readEverything(store, populated)
         #expect(store.metadata.fallbackReadCount > 0, "copy 0 of the table root is bad: the reads fell back")
+        #expect(store.statistics.metadataFallbackReads == store.metadata.fallbackReadCount, "the statistics show the fallbacks")
         try store.close()
 
         // The check reads every copy alone: one problem per block (its copy on the victim), none
