@@ -322,11 +322,13 @@ public final class ObjectStore: @unchecked Sendable {
     /// One checkpoint at a time.
     let checkpointLock = Monitor()
 
+    /// The next transaction's ID (log records carry it); taken without `stateLock`.
+    let transactionIDs = Atomic<UInt64>(1)
+
     // MARK: State under `stateLock`
     var objects: [UInt64: ObjectState] = [:]
     var dirtyObjects: Set<UInt64> = []
     var nextObject: UInt64 = 1
-    var nextTransactionID: UInt64 = 1
     /// The checkpoint changes are tagged with (the one the next cut closes).
     var openCheckpoint: UInt64
     var dirtyPageBytes = 0

@@ -161,13 +161,18 @@ public final class Transaction {
             try store.checkpointsForSpace()
         }
         store.enterGate()
-        lockedStripes = Array(Set(objects.map(store.stripe(of:)))).sorted()
-        for stripe in lockedStripes { store.stripes[stripe].lock() }
-        id = store.stateLock.withLock { () -> UInt64 in
-            let id = store.nextTransactionID
-            store.nextTransactionID += 1
-            return id
+        // The declared objects' stripes, ascending and once each (the lock order), in one array.
+        var stripes = objects.map(store.stripe(of:))
+        stripes.sort()
+        var kept = 0
+        for index in stripes.indices where kept == 0 || stripes[index] != stripes[kept - 1] {
+            stripes[kept] = stripes[index]
+            kept += 1
         }
+        stripes.removeLast(stripes.count - kept)
+        lockedStripes = stripes
+        for stripe in lockedStripes { store.stripes[stripe].lock() }
+        id = store.transactionIDs.wrappingAdd(1, ordering: .relaxed).oldValue
         phase = .started
     }
 
