@@ -1,7 +1,7 @@
 // strata-perf dmu — the object store's durable write paths, anchored to fio in the same run.
 //
 //   strata-perf dmu [--target file|zram] [--dir PATH] [--size 8G] [--seconds 3] [--rounds 3]
-//                   [--threads 1,16] [--depth 2] [--workloads new1m,overwrite4k] [--replay-bytes 1G] [--smoke]
+//                   [--threads 1,16] [--depth 4] [--workloads new1m,overwrite4k] [--replay-bytes 1G] [--smoke]
 //
 // What is measured (one pool on the target, one device holding every role, a fresh pool and
 // store per workload; default settings except a 1 s checkpoint interval for new1m, so the space
@@ -49,26 +49,15 @@ struct DMUBenchmark: ParsableCommand {
         abstract: "Object store: durable 1 MiB writes into new objects and 4 KiB overwrites (vs fio), commit latency, checkpoint rate, replay of a full log."
     )
 
-    @Option(help: "file (a file in --dir) or zram (/dev/zram0, overwritten; zramN for /dev/zramN).")
-    var target: String = "file"
-    @Option(help: "Directory for the file target (must support O_DIRECT; default: current directory).")
-    var dir: String = "."
-    @Option(help: "Target size (default 8G; --smoke 1G).")
-    var size: String?
-    @Option(help: "Seconds per measurement (default 3; --smoke 0.3).")
-    var seconds: Double?
+    @OptionGroup var options: SingleDeviceOptions
     @Option(help: "Interleaved rounds (default 3; --smoke 1; 0: only the replay measurement).")
     var rounds: Int?
-    @Option(help: "Comma-separated thread counts (default 1,16).")
-    var threads: String = "1,16"
     @Option(help: "Transactions each thread keeps stopped and not yet durable (default 4: 16 threads keep 64 in flight, and fio runs at QD64 as well as QD32; 1: each thread waits for each).")
     var depth: Int = 4
     @Option(help: "Comma-separated workloads: new1m (1 MiB creates), overwrite4k (4 KiB overwrites) (default both).")
     var workloads: String = "new1m,overwrite4k"
     @Option(help: "Log bytes to fill and replay (default 1G; --smoke 16M; 0 skips).")
     var replayBytes: String?
-    @Flag(help: "Tiny sizes and short runs: checks that the benchmark works.")
-    var smoke = false
 
     struct Run {
         var perSecond: Double          // MiB/s for new1m, IOPS for overwrite4k
@@ -78,11 +67,9 @@ struct DMUBenchmark: ParsableCommand {
 
     func run() throws {
         defer { Cleanup.shared.runAll() }
-        let sizeBytes = try size.map(parseSize) ?? (smoke ? 1 << 30 : 8 << 30)
-        let runSeconds = seconds ?? (smoke ? 0.3 : 3)
-        let roundCount = rounds ?? (smoke ? 1 : 3)
-        let fillBytes = try replayBytes.map { $0 == "0" ? 0 : try parseSize($0) } ?? (smoke ? 16 << 20 : 1 << 30)
-        let threadCounts = threads.split(separator: ",").compactMap { Int($0) }
+        let (sizeBytes, runSeconds, threadCounts) = try options.resolved(sizeDefault: 8 << 30, smokeSize: 1 << 30)
+        let roundCount = rounds ?? (options.smoke ? 1 : 3)
+        let fillBytes = try replayBytes.map { $0 == "0" ? 0 : try parseSize($0) } ?? (options.smoke ? 16 << 20 : 1 << 30)
         let chosen = Set(workloads.split(separator: ",").map(String.init))
         guard !chosen.isEmpty, chosen.isSubset(of: ["new1m", "overwrite4k"]) else {
             throw ValidationError("--workloads takes new1m and/or overwrite4k, not \(workloads)")
@@ -91,12 +78,12 @@ struct DMUBenchmark: ParsableCommand {
         let runsNew1m = chosen.contains("new1m"), runsOverwrite4k = chosen.contains("overwrite4k")
         let scratch = try makeTempDirectory(base: "/tmp")
         defer { removeTree(scratch) }
-        let targetDevice = try SingleDeviceTarget(spec: target, dir: dir, sizeBytes: sizeBytes, fileName: "dmu-target.img", scratch: scratch)
+        let targetDevice = try SingleDeviceTarget(spec: options.target, dir: options.dir, sizeBytes: sizeBytes, fileName: "dmu-target.img", scratch: scratch)
         defer { targetDevice.remove() }
         let path = targetDevice.path
         let hasFio = (try? Fio.ensureInstalled(scratch: scratch)) != nil
         let fioSize = min(sizeBytes / 2, 2 << 30)
-        print("strata-perf dmu: \(target) target \(path), \(sizeBytes >> 20) MiB, \(roundCount) rounds of \(runSeconds) s, \(depth) transaction(s) in flight per thread")
+        print("strata-perf dmu: \(options.target) target \(path), \(sizeBytes >> 20) MiB, \(roundCount) rounds of \(runSeconds) s, \(depth) transaction(s) in flight per thread")
 
         var fio1m: [Double] = [], fio4k: [Double] = []
         // fio at Strata's own total depth (threads × --depth of the largest thread count), when
@@ -221,9 +208,9 @@ struct DMUBenchmark: ParsableCommand {
     }
 
     func openStore(path: String, sizeBytes: UInt64, purpose: Purpose, fillBytes: UInt64 = 0) throws -> (ObjectStore, BlockDevice) {
-        let device = try BlockDevice.open(path, options: .init(createSizeBytes: isZramTarget(target) ? nil : sizeBytes))
-        let pool = try Pool.create(name: "dmubench", devices: [(storage: device, role: .data)], force: true)
-        return (try ObjectStore.open(pool: pool, settings: settings(purpose, fillBytes: fillBytes, sizeBytes: sizeBytes)), device)
+        let opened = try options.openDevice(path, sizeBytes: sizeBytes)
+        let pool = try Pool.create(name: "dmubench", devices: [(storage: opened, role: .data)], force: true)
+        return (try ObjectStore.open(pool: pool, settings: settings(purpose, fillBytes: fillBytes, sizeBytes: sizeBytes)), opened)
     }
 
     /// A latency histogram that commit callbacks (on the log's writer thread) and its owner share.

@@ -31,20 +31,7 @@ struct LogBenchmark: ParsableCommand {
         abstract: "Intent log: group commit (records/s, latency, batch sizes) and replay of a full log, with fio anchors."
     )
 
-    @Option(help: "file (a file in --dir) or zram (/dev/zram0, overwritten; zramN for /dev/zramN).")
-    var target: String = "file"
-
-    @Option(help: "Directory for the file target (must support O_DIRECT; default: current directory).")
-    var dir: String = "."
-
-    @Option(help: "Target size (default 4G; --smoke 256M).")
-    var size: String?
-
-    @Option(help: "Seconds per group-commit measurement (default 3; --smoke 0.3).")
-    var seconds: Double?
-
-    @Option(help: "Comma-separated thread counts (default 1,16).")
-    var threads: String = "1,16"
+    @OptionGroup var options: SingleDeviceOptions
 
     @Option(help: "Payload bytes per record (default 4096).")
     var recordBytes: Int = 4096
@@ -52,18 +39,14 @@ struct LogBenchmark: ParsableCommand {
     @Option(help: "Log bytes to fill and replay (default 1G; --smoke 32M).")
     var replayBytes: String?
 
-    @Flag(help: "Tiny sizes and short runs: checks that the benchmark works.")
-    var smoke = false
 
     func run() throws {
         defer { Cleanup.shared.runAll() }                   // e.g. resets zram0 when this run sized it
-        let sizeBytes = try size.map(parseSize) ?? (smoke ? 256 << 20 : 4 << 30)
-        let runSeconds = seconds ?? (smoke ? 0.3 : 3)
-        let fillBytes = try replayBytes.map(parseSize) ?? (smoke ? 32 << 20 : 1 << 30)
-        let threadCounts = threads.split(separator: ",").compactMap { Int($0) }
+        let (sizeBytes, runSeconds, threadCounts) = try options.resolved(sizeDefault: 4 << 30, smokeSize: 256 << 20)
+        let fillBytes = try replayBytes.map(parseSize) ?? (options.smoke ? 32 << 20 : 1 << 30)
         let scratch = try makeTempDirectory(base: "/tmp")
         defer { removeTree(scratch) }
-        let targetDevice = try SingleDeviceTarget(spec: target, dir: dir, sizeBytes: sizeBytes, fileName: "log-target.img", scratch: scratch)
+        let targetDevice = try SingleDeviceTarget(spec: options.target, dir: options.dir, sizeBytes: sizeBytes, fileName: "log-target.img", scratch: scratch)
         defer { targetDevice.remove() }
         let path = targetDevice.path
 
@@ -78,7 +61,7 @@ struct LogBenchmark: ParsableCommand {
                 "--offset_increment=\(fioSize / 16)", "--group_reporting"])))
         }
 
-        let device = try BlockDevice.open(path, options: .init(createSizeBytes: isZramTarget(target) ? nil : sizeBytes))
+        let device = try options.openDevice(path, sizeBytes: sizeBytes)
         let pool = try Pool.create(name: "logbench", devices: [(storage: device, role: .data)], force: true)
         var settings = LogSettings()
         settings.logBytesMax = max(fillBytes + 3 * settings.segmentBytes, 256 << 20) / settings.segmentBytes * settings.segmentBytes
@@ -87,7 +70,7 @@ struct LogBenchmark: ParsableCommand {
         try checkpointer.checkpoint()
         log.setCheckpointRequestHandler { _ in checkpointer.request() }
 
-        print("strata-perf log: \(target) target \(path), \(sizeBytes >> 20) MiB; records of \(recordBytes) bytes; \(runSeconds) s per run")
+        print("strata-perf log: \(options.target) target \(path), \(sizeBytes >> 20) MiB; records of \(recordBytes) bytes; \(runSeconds) s per run")
         for (name, measurement) in anchors {
             if let measurement {
                 print("  \(name): \(fixed(measurement.iops, 0)) IOPS, \(fixed(measurement.mibPerSecond, 1)) MiB/s, lat p50 \(fixed(measurement.p50Microseconds, 0)) µs p99 \(fixed(measurement.p99Microseconds, 0)) µs")

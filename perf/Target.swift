@@ -6,6 +6,7 @@
 //   zram       /dev/zram0; disksize set when it is 0 (and reset after)    (root)
 //   /dev/XYZ   a named block device, only with --wipe; never when mounted or held
 
+import ArgumentParser
 import Foundation
 import StrataIO
 
@@ -217,5 +218,33 @@ struct SingleDeviceTarget {
 
     func remove() {
         if let directory { removeTree(directory) }
+    }
+}
+
+/// The options of the benchmarks that run on one device, a file or zram (`strata-perf log` and
+/// `strata-perf dmu`); each benchmark gives its own default size.
+struct SingleDeviceOptions: ParsableArguments {
+    @Option(help: "file (a file in --dir) or zram (/dev/zram0, overwritten; zramN for /dev/zramN).")
+    var target: String = "file"
+    @Option(help: "Directory for the file target (must support O_DIRECT; default: current directory).")
+    var dir: String = "."
+    @Option(help: "Target size (default: log 4G, dmu 8G; --smoke: 256M, 1G).")
+    var size: String?
+    @Option(help: "Seconds per measurement (default 3; --smoke 0.3).")
+    var seconds: Double?
+    @Option(help: "Comma-separated thread counts (default 1,16).")
+    var threads: String = "1,16"
+    @Flag(help: "Tiny sizes and short runs: checks that the benchmark works.")
+    var smoke = false
+
+    /// The size (this benchmark's default, or its smoke size), seconds per run and thread counts.
+    func resolved(sizeDefault: UInt64, smokeSize: UInt64) throws -> (sizeBytes: UInt64, runSeconds: Double, threadCounts: [Int]) {
+        (try size.map(parseSize) ?? (smoke ? smokeSize : sizeDefault), seconds ?? (smoke ? 0.3 : 3),
+         threads.split(separator: ",").compactMap { Int($0) })
+    }
+
+    /// Opens (a file target: creating it at `sizeBytes`) the target's device.
+    func openDevice(_ path: String, sizeBytes: UInt64) throws -> BlockDevice {
+        try BlockDevice.open(path, options: .init(createSizeBytes: isZramTarget(target) ? nil : sizeBytes))
     }
 }
