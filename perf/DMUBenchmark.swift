@@ -1,6 +1,6 @@
 // strata-perf dmu — the object store's durable write paths, anchored to fio in the same run.
 //
-//   strata-perf dmu [--target file|zram] [--dir PATH] [--size 8G] [--seconds 3] [--rounds 3]
+//   strata-perf dmu [--target file|zram|zramN] [--dir PATH] [--size 8G] [--seconds 3] [--rounds 3]
 //                   [--threads 1,16] [--depth 4] [--workloads new1m,overwrite4k] [--replay-bytes 1G] [--smoke]
 //
 // What is measured (one pool on the target, one device holding every role, a fresh pool and
