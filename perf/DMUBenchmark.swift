@@ -1,6 +1,6 @@
 // strata-perf dmu — the object store's durable write paths, anchored to fio in the same run.
 //
-//   strata-perf dmu [--target file|zram|zramN] [--dir PATH] [--size 8G] [--seconds 3] [--rounds 3]
+//   strata-perf dmu [--target file|zram|zramN] [--dir PATH] [--size 32G] [--seconds 3] [--rounds 3]
 //                   [--threads 1,16] [--depth 4] [--workloads new1m,overwrite4k] [--replay-bytes 1G] [--smoke]
 //
 // What is measured (one pool on the target, one device holding every role, a fresh pool and
@@ -63,11 +63,21 @@ struct DMUBenchmark: ParsableCommand {
         var perSecond: Double          // MiB/s for new1m, IOPS for overwrite4k
         var p50Microseconds: Double
         var p99Microseconds: Double
+        /// overwrite4k: checkpoints during the run, and pages the checkpoints wrote home per
+        /// overwrite (the second write of the deferred-write design; 0 if none ran).
+        var checkpoints = 0
+        var homeWritesPerOperation = 0.0
+        /// Process CPU time (user + system, every thread: the store's and the kernel's work for
+        /// it, zram's compression included) per operation. On a CPU-bound target this is what
+        /// the rate depends on, and it varies less than the rate on a shared machine.
+        var cpuMicrosecondsPerOperation = 0.0
+        /// Log records per group-commit batch.
+        var recordsPerBatch = 0.0
     }
 
     func run() throws {
         defer { Cleanup.shared.runAll() }
-        let (sizeBytes, runSeconds, threadCounts) = try options.resolved(sizeDefault: 8 << 30, smokeSize: 1 << 30)
+        let (sizeBytes, runSeconds, threadCounts) = try options.resolved(sizeDefault: 32 << 30, smokeSize: 1 << 30)
         let roundCount = rounds ?? (options.smoke ? 1 : 3)
         let fillBytes = try replayBytes.map { $0 == "0" ? 0 : try parseSize($0) } ?? (options.smoke ? 16 << 20 : 1 << 30)
         let chosen = Set(workloads.split(separator: ",").map(String.init))
@@ -176,11 +186,19 @@ struct DMUBenchmark: ParsableCommand {
             print("  overwrite4k   " + pad("\(count)", 7, left: true) + "   " + pad(fixed(value, 0) + " IOPS", 13, left: true)
                   + "  " + pad(fixed(median(runs.map(\.p50Microseconds)), 0), 13, left: true) + "  " + pad(fixed(median(runs.map(\.p99Microseconds)), 0), 6, left: true)
                   + "   " + (fio4kMedian.map { fixed(value / $0, 2) + "x" } ?? "-")
-                  + (fio4kSameMedian.map { "  (\(fixed(value / $0, 2))x fio QD\(sameDepth))" } ?? ""))
+                  + (fio4kSameMedian.map { "  (\(fixed(value / $0, 2))x fio QD\(sameDepth))" } ?? "")
+                  + ";  \(fixed(median(runs.map { Double($0.checkpoints) }), 0)) checkpoints, \(fixed(median(runs.map(\.homeWritesPerOperation)), 2)) pages written home per overwrite, \(fixed(median(runs.map(\.cpuMicrosecondsPerOperation)), 1)) CPU µs per overwrite, \(fixed(median(runs.map(\.recordsPerBatch)), 1)) records per log batch")
         }
         print("  checkpoint after \(runsOverwrite4k ? "overwrite4k" : "new1m"): \(fixed(median(checkpointRates), 0)) MiB/s written; longest switch \(fixed(switchMaxMs.max() ?? 0, 2)) ms")
 
         if fillBytes > 0 { try replay(path: path, sizeBytes: sizeBytes, fillBytes: fillBytes) }
+    }
+
+    /// User + system CPU time of the whole process (every thread).
+    func processCPUNanoseconds() -> UInt64 {
+        var time = timespec()
+        clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &time)
+        return UInt64(time.tv_sec) * 1_000_000_000 + UInt64(time.tv_nsec)
     }
 
     /// What a store is opened for (its settings differ only where the workload needs it).
@@ -352,6 +370,9 @@ struct DMUBenchmark: ParsableCommand {
         for thread in 0..<count { (generators + thread).initialize(to: SplitMix(state: UInt64(thread + 1) &* 0x2545_F491_4F6C_DD1D)) }
         defer { generators.deallocate() }
         let chunks = UInt64(randomBytes.count / 4096)
+        let before = store.statistics
+        let cpuBefore = processCPUNanoseconds()
+        let logBefore = store.log!.statistics
         let result = try loop(threads: count, depth: depth, seconds: seconds) { thread, completion in
             let start = Int(generators[thread].next() % chunks) * 4096
             let block = UnsafeRawBufferPointer(rebasing: randomBytes[start ..< start + 4096])
@@ -363,8 +384,14 @@ struct DMUBenchmark: ParsableCommand {
             try transaction.write(object, at: offset, block)
             try completion.stop(transaction)
         }
+        let after = store.statistics
+        let cpu = Double(processCPUNanoseconds() - cpuBefore) / 1000 / Double(max(1, result.done))
+        let logAfter = store.log!.statistics
         return Run(perSecond: Double(result.done) / result.elapsed, p50Microseconds: result.histogram.percentile(0.5) / 1000,
-                   p99Microseconds: result.histogram.percentile(0.99) / 1000)
+                   p99Microseconds: result.histogram.percentile(0.99) / 1000, checkpoints: after.checkpoints - before.checkpoints,
+                   homeWritesPerOperation: Double(after.pageBytesWrittenBack - before.pageBytesWrittenBack) / 4096 / Double(max(1, result.done)),
+                   cpuMicrosecondsPerOperation: cpu,
+                   recordsPerBatch: Double(logAfter.records - logBefore.records) / Double(max(1, logAfter.batches - logBefore.batches)))
     }
 
     /// Fills the log with 4 KiB overwrites (no checkpoint), then times a replaying open of a

@@ -228,7 +228,7 @@ struct SingleDeviceOptions: ParsableArguments {
     var target: String = "file"
     @Option(help: "Directory for the file target (must support O_DIRECT; default: current directory).")
     var dir: String = "."
-    @Option(help: "Target size (default: log 4G, dmu 8G; --smoke: 256M, 1G).")
+    @Option(help: "Target size (default: log 4G, dmu 32G; --smoke: 256M, 1G).")
     var size: String?
     @Option(help: "Seconds per measurement (default 3; --smoke 0.3).")
     var seconds: Double?
