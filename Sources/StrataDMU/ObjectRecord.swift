@@ -148,7 +148,25 @@ enum ObjectOperation: Equatable {
         }
     }
 
+    /// The `writeInline` payload for `bytes` written at `offset` of `object`: one allocation,
+    /// one copy of the data (the small-write path encodes from the caller's buffer with it).
+    static func encodeWriteInline(object: UInt64, offset: UInt64, bytes data: UnsafeRawBufferPointer) -> [UInt8] {
+        precondition(data.count <= Int(UInt32.max), "a write-inline record of \(data.count) bytes")
+        return [UInt8](unsafeUninitializedCapacity: 20 + data.count) { buffer, count in
+            let raw = UnsafeMutableRawBufferPointer(buffer)
+            let writer = ByteWriter(raw)
+            writer.put(object, at: 0)
+            writer.put(offset, at: 8)
+            writer.put(UInt32(data.count), at: 16)
+            if !data.isEmpty { UnsafeMutableRawBufferPointer(rebasing: raw[20...]).copyMemory(from: data) }
+            count = 20 + data.count
+        }
+    }
+
     func encoded() -> [UInt8] {
+        if case .writeInline(let object, let offset, let data) = self {
+            return data.withUnsafeBytes { Self.encodeWriteInline(object: object, offset: offset, bytes: $0) }
+        }
         var bytes = [UInt8](repeating: 0, count: payloadBytes)
         bytes.withUnsafeMutableBytes { raw in
             let writer = ByteWriter(raw)
@@ -175,11 +193,8 @@ enum ObjectOperation: Equatable {
                     offset += 8
                 }
                 writer.put(UInt64(0), at: offset)
-            case .writeInline(let object, let offset, let data):
-                writer.put(object, at: 0)
-                writer.put(offset, at: 8)
-                writer.put(UInt32(data.count), at: 16)
-                writer.put(bytes: data, at: 20)
+            case .writeInline:
+                preconditionFailure("writeInline is encoded by encodeWriteInline")
             case .writeExtent(let object, let extent):
                 writer.put(object, at: 0)
                 writer.put(extent.logicalOffsetBytes, at: 8)

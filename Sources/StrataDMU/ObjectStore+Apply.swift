@@ -16,9 +16,11 @@ extension ObjectStore {
     /// The checkpoint changes made now are tagged with.
     var changeTag: UInt64 { stateLock.withLock { openCheckpoint } }
 
-    func apply(_ operation: ObjectOperation, replaying: Bool) throws(ObjectStoreError) {
+    /// `tag`: the open checkpoint, when the caller holds the gate and knows it (a transaction);
+    /// nil reads it (replay).
+    func apply(_ operation: ObjectOperation, replaying: Bool, tag knownTag: UInt64? = nil) throws(ObjectStoreError) {
         if case .nothing = operation { return }
-        let tag = changeTag
+        let tag = knownTag ?? changeTag
         switch operation {
         case .nothing:
             return
@@ -41,19 +43,9 @@ extension ObjectStore {
             dnodes.update(dnode, dirtyIn: tag)
 
         case .writeInline(let object, let offset, let bytes):
-            var dnode = try existing(object, dataOperation: "write")
-            try checkRange(object, offset, UInt64(bytes.count))
-            let state = state(of: object)
-            let map = try extentMap(of: state, dnode: dnode)
             try withBytes(of: bytes) { raw throws(ObjectStoreError) in
-                try writePages(state, map: map, sizeBytes: dnode.sizeBytes, offset: offset, bytes: raw, skipHoles: false)
+                try applyWriteInline(object, offset: offset, bytes: raw, tag: tag)
             }
-            let end = offset + UInt64(bytes.count)
-            if end > dnode.sizeBytes {
-                dnode.sizeBytes = end
-                dnodes.update(dnode, dirtyIn: tag)
-            }
-            markDirty(object)
 
         case .writeExtent(let object, let extent):
             var dnode = try existing(object, dataOperation: "write")
@@ -173,8 +165,11 @@ extension ObjectStore {
     /// its home first (or zeros for a hole or past the end). With `skipHoles`, chunks that are a
     /// hole with no page are left alone (zeroing them would change nothing). All reads happen
     /// before any page changes.
+    /// Returns the number of pages added; with `counted` (the default) they are already added to
+    /// `dirtyPageBytes`, else the caller adds them.
+    @discardableResult
     func writePages(_ state: ObjectState, map: ExtentMap, sizeBytes: UInt64, offset: UInt64, bytes: UnsafeRawBufferPointer,
-                    skipHoles: Bool) throws(ObjectStoreError) {
+                    skipHoles: Bool, counted: Bool = true) throws(ObjectStoreError) -> Int {
         let end = offset + UInt64(bytes.count)
         let firstChunk = offset / 4096
         let lastChunk = (end - 1) / 4096
@@ -214,7 +209,29 @@ extension ObjectStore {
                 added += 1
             }
         }
-        if added > 0 { stateLock.withLock { dirtyPageBytes += added * Page.bytes } }
+        if counted && added > 0 { stateLock.withLock { dirtyPageBytes += added * Page.bytes } }
+        return added
+    }
+
+    /// A small write: the bytes go to the object's pages (the record carries them to the log).
+    /// Shared by `apply(.writeInline)` and `Transaction.write`, which encodes its record straight
+    /// from the caller's bytes and applies from them (no copy of the data in an operation).
+    func applyWriteInline(_ object: UInt64, offset: UInt64, bytes: UnsafeRawBufferPointer, tag: UInt64) throws(ObjectStoreError) {
+        var dnode = try existing(object, dataOperation: "write")
+        try checkRange(object, offset, UInt64(bytes.count))
+        let state = state(of: object)
+        let map = try extentMap(of: state, dnode: dnode)
+        let added = try writePages(state, map: map, sizeBytes: dnode.sizeBytes, offset: offset, bytes: bytes, skipHoles: false, counted: false)
+        let end = offset + UInt64(bytes.count)
+        if end > dnode.sizeBytes {
+            dnode.sizeBytes = end
+            dnodes.update(dnode, dirtyIn: tag)
+        }
+        // The new pages' bytes and the dirty mark in one trip through the state lock.
+        stateLock.withLock {
+            dirtyPageBytes += added * Page.bytes
+            _ = dirtyObjects.insert(object)
+        }
     }
 
     /// Removes the pages of `chunks`; a staged page stays counted until its write completes.

@@ -127,12 +127,36 @@ extension ObjectStore {
 
     // MARK: Gate and throttle
 
-    /// Takes a hold on the open checkpoint, waiting while a switch is in progress.
-    func enterGate() {
+    /// The common case of a transaction's admission in one trip through the state lock: the
+    /// store usable, dirty pages and objects under their bounds, the checkpoint reserve held (not
+    /// lent), no switch in progress, and the log below its throttle mark (read without its lock;
+    /// near the mark this declines). Then it enters the gate and returns the open checkpoint;
+    /// nil sends the caller the long way (`checkUsable`, `waitForRoom`, `takeReserves`,
+    /// `enterGate`), which waits or fails as each condition needs. It checks what the long way
+    /// checks, all at one instant, so it admits nothing the long way would refuse.
+    func admitQuickly() -> UInt64? {
+        if let log {
+            let mark = log.settings.segmentCountMax * settings.logThrottlePercent
+            guard (log.segmentCountPublished + 1) * 100 < mark else { return nil }
+        }
+        stateLock.lock()
+        defer { stateLock.unlock() }
+        guard failure == nil, !isClosed, !quiescing, !reserves.isEmpty,
+              dirtyPageBytes < limits.dirtyPageBytesMax, dirtyObjects.count < limits.dirtyObjectsMax else { return nil }
+        inFlight += 1
+        return openCheckpoint
+    }
+
+    /// Takes a hold on the open checkpoint, waiting while a switch is in progress, and returns
+    /// it: the tag every change made under this hold carries (the checkpoint cannot switch until
+    /// the hold is left, so it stays the open one).
+    func enterGate() -> UInt64 {
         stateLock.lock()
         while quiescing { stateLock.wait() }
         inFlight += 1
+        let open = openCheckpoint
         stateLock.unlock()
+        return open
     }
 
     func leaveGate(transactions: Int) {

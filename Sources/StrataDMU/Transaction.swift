@@ -31,8 +31,12 @@ public final class Transaction {
     }
 
     var phase = Phase.declaring
-    var declared: Set<Declared> = []
-    var objects: Set<UInt64> = []
+    /// What was declared, once each. A transaction declares a handful of things, so a linear
+    /// search of a small array beats hashing (two Set allocations and SipHash per transaction);
+    /// past `declaredLinearMax` a Set takes over the lookups.
+    var declared: [Declared] = []
+    var declaredSet: Set<Declared>? = nil
+    static let declaredLinearMax = 32
     var extentCount = 0
     var logBytes = 0
     var reservation: Reservation?
@@ -40,6 +44,9 @@ public final class Transaction {
     var records: [LogAppend] = []
     var flushMask: UInt64 = 0
     public private(set) var id: UInt64 = 0
+    /// The open checkpoint while started (the gate holds it open): what this transaction's
+    /// changes are tagged with.
+    var tag: UInt64 = 0
 
     init(store: ObjectStore) {
         self.store = store
@@ -58,8 +65,11 @@ public final class Transaction {
     /// Declares `kind` on `object`, taking `bytes` of log room (whole records, headers included).
     private func declare(_ kind: Kind, _ object: UInt64, logBytes bytes: Int) {
         precondition(phase == .declaring, "declare after start")
-        declared.insert(Declared(kind: kind, object: object))
-        objects.insert(object)
+        let entry = Declared(kind: kind, object: object)
+        if declaredSet?.insert(entry).inserted ?? !declared.contains(entry) {
+            declared.append(entry)
+            if declaredSet == nil && declared.count > Self.declaredLinearMax { declaredSet = Set(declared) }
+        }
         logBytes += bytes
     }
 
@@ -119,10 +129,28 @@ public final class Transaction {
     /// nothing, when the transaction cannot be satisfied.
     public func start() throws(ObjectStoreError) {
         precondition(phase == .declaring, "start of a transaction already started")
-        try store.checkUsable()
-        guard let log = store.log else { throw .readOnly("pool '\(store.pool.name)' is imported read-only") }
+        // An unusable store's error comes first, as from the long way.
+        guard let log = store.log else {
+            try store.checkUsable()
+            throw .readOnly("pool '\(store.pool.name)' is imported read-only")
+        }
         let capacity = log.settings.batchBytesMax - LogBlock.headerBytes
-        guard logBytes <= capacity else { throw .transactionTooLarge(logBytes: logBytes, logBytesMax: capacity) }
+        guard logBytes <= capacity else {
+            try store.checkUsable()
+            throw .transactionTooLarge(logBytes: logBytes, logBytesMax: capacity)
+        }
+        if extentCount == 0, let open = store.admitQuickly() {
+            tag = open                          // the common case: one trip through the state lock
+        } else {
+            try admitTheLongWay()
+        }
+        lockStripes()
+    }
+
+    /// Admission when something may have to wait or fail: the store unusable, a bound reached,
+    /// the reserve lent or not held, data extents to reserve.
+    private func admitTheLongWay() throws(ObjectStoreError) {
+        try store.checkUsable()
         try store.waitForRoom()
         // The checkpoint reserve must be held before anything allocates: without it a
         // checkpoint could find no room. Data extents are reserved (held) now. Space freed by
@@ -160,9 +188,13 @@ public final class Transaction {
             }
             try store.checkpointsForSpace()
         }
-        store.enterGate()
-        // The declared objects' stripes, ascending and once each (the lock order), in one array.
-        var stripes = objects.map(store.stripe(of:))
+        tag = store.enterGate()
+    }
+
+    /// The declared objects' stripe locks, taken in ascending order (the lock order).
+    private func lockStripes() {
+        // Sorted and deduplicated in one array.
+        var stripes = declared.map { store.stripe(of: $0.object) }
         stripes.sort()
         var kept = 0
         for index in stripes.indices where kept == 0 || stripes[index] != stripes[kept - 1] {
@@ -212,11 +244,13 @@ public final class Transaction {
 
     private func check(_ kind: Kind, _ object: UInt64, _ what: String) {
         precondition(phase == .started, "\(what) on object \(object) outside a started transaction")
-        precondition(declared.contains(Declared(kind: kind, object: object)), "\(what) on object \(object) was not declared in transaction \(id)")
+        let entry = Declared(kind: kind, object: object)
+        let isDeclared = declaredSet?.contains(entry) ?? declared.contains(entry)
+        precondition(isDeclared, "\(what) on object \(object) was not declared in transaction \(id)")
     }
 
     private func perform(_ operation: ObjectOperation) throws(ObjectStoreError) {
-        try store.apply(operation, replaying: false)
+        try store.apply(operation, replaying: false, tag: tag)
         records.append(LogAppend(type: operation.type.rawValue, transactionID: id, payload: operation.encoded()))
     }
 
@@ -245,17 +279,23 @@ public final class Transaction {
         check(.write, object, "write")
         guard !bytes.isEmpty else { return }
         try store.checkRange(object, offset, UInt64(bytes.count))
-        _ = try store.existing(object, dataOperation: "write")
         let plan = store.writePlan(offset: offset, length: bytes.count)
+        if plan.body.isEmpty {
+            // A small write: applied and logged from the caller's bytes (the apply checks that
+            // the object exists before anything changes).
+            try writeInline(object, at: offset, bytes)
+            return
+        }
+        // Before any extent is written: the object must exist.
+        _ = try store.existing(object, dataOperation: "write")
         if !plan.head.isEmpty {
-            try perform(.writeInline(object: object, offset: plan.head.lowerBound,
-                                     bytes: Array(UnsafeRawBufferPointer(rebasing: bytes[0 ..< plan.head.count]))))
+            try writeInline(object, at: plan.head.lowerBound, UnsafeRawBufferPointer(rebasing: bytes[0 ..< plan.head.count]))
         }
         for piece in plan.bodyPieces(recordBytesMax: store.settings.recordBytesMax) {
             guard let reservation else { preconditionFailure("write of \(bytes.count) bytes at \(offset) on object \(object) beyond what was declared") }
             let start = Int(piece.lowerBound - offset)
             let data = UnsafeRawBufferPointer(rebasing: bytes[start ..< start + Int(piece.count)])
-            let extent = try store.writeExtentData(object, logicalOffset: piece.lowerBound, data: data, reservation: reservation)
+            let extent = try store.writeExtentData(object, logicalOffset: piece.lowerBound, data: data, reservation: reservation, tag: tag)
             for copy in extent.copies { flushMask |= 1 << UInt64(copy.deviceIndex) }
             do {
                 try perform(.writeExtent(object: object, extent))
@@ -266,9 +306,15 @@ public final class Transaction {
         }
         if !plan.tail.isEmpty {
             let start = Int(plan.tail.lowerBound - offset)
-            try perform(.writeInline(object: object, offset: plan.tail.lowerBound,
-                                     bytes: Array(UnsafeRawBufferPointer(rebasing: bytes[start ..< start + plan.tail.count]))))
+            try writeInline(object, at: plan.tail.lowerBound, UnsafeRawBufferPointer(rebasing: bytes[start ..< start + plan.tail.count]))
         }
+    }
+
+    /// One `writeInline` operation: applied, then its record encoded, both from `bytes`.
+    private func writeInline(_ object: UInt64, at offset: UInt64, _ bytes: UnsafeRawBufferPointer) throws(ObjectStoreError) {
+        try store.applyWriteInline(object, offset: offset, bytes: bytes, tag: tag)
+        records.append(LogAppend(type: ObjectRecordType.writeInline.rawValue, transactionID: id,
+                                 payload: ObjectOperation.encodeWriteInline(object: object, offset: offset, bytes: bytes)))
     }
 
     public func write(_ object: UInt64, at offset: UInt64, _ bytes: [UInt8]) throws(ObjectStoreError) {
@@ -361,7 +407,7 @@ extension ObjectStore {
     /// Writes one piece of a large write to a new extent from the reservation (every copy; not
     /// flushed: the log flushes these devices before the record's block).
     func writeExtentData(_ object: UInt64, logicalOffset: UInt64, data: UnsafeRawBufferPointer,
-                         reservation: Reservation) throws(ObjectStoreError) -> MappedExtent {
+                         reservation: Reservation, tag: UInt64) throws(ObjectStoreError) -> MappedExtent {
         let copies = pool.allocator.allocate(from: reservation, lengthBytes: UInt64(data.count))
         let staging = stagingBuffers.take()
         defer { stagingBuffers.give(staging) }
@@ -381,6 +427,6 @@ extension ObjectStore {
                 throw .io(error)
             }
         }
-        return MappedExtent(logicalOffsetBytes: logicalOffset, copies: Array(copies), birthCheckpoint: changeTag, chunkChecksums: checksums)
+        return MappedExtent(logicalOffsetBytes: logicalOffset, copies: Array(copies), birthCheckpoint: tag, chunkChecksums: checksums)
     }
 }

@@ -67,6 +67,7 @@
 // waiter slot's parker (posting under the log lock happens only on failure and close).
 
 import StrataIO
+import Synchronization
 import StrataPool
 
 #if canImport(Glibc)
@@ -158,7 +159,12 @@ public final class IntentLog: @unchecked Sendable {
     var requestedLSN: LSN = 0
     var coveredThroughLSN: LSN
     /// Owned segments in chain order; `currentSegment` is being written, later ones preallocated.
-    var segments: [Segment]
+    /// Changed under the monitor; every change publishes the count (`segmentCountPublished`).
+    var segments: [Segment] {
+        didSet { publishedSegmentCount.store(segments.count, ordering: .relaxed) }
+    }
+    /// `segments.count` for readers that do not take the monitor (see `segmentCountPublished`).
+    let publishedSegmentCount = Atomic<Int>(0)
     var currentSegment: Int
     var writeOffset: UInt64
     var nextSequence: UInt64
@@ -248,6 +254,7 @@ public final class IntentLog: @unchecked Sendable {
         self.poolUUID = pool.uuid
         self.batches = [Batch(capacityBytes: settings.batchBytesMax), Batch(capacityBytes: settings.batchBytesMax)]
         self.segments = initial.segments
+        publishedSegmentCount.store(initial.segments.count, ordering: .relaxed)
         self.currentSegment = initial.currentSegment
         self.writeOffset = initial.writeOffset
         self.nextSequence = initial.nextSequence
@@ -361,6 +368,11 @@ public final class IntentLog: @unchecked Sendable {
     }
 
     /// The log's space and LSNs now.
+    /// The number of segments the log owns, read without the log's lock (it may be a moment
+    /// old): lets a transaction see that the log is far from its throttle mark without taking
+    /// the lock every writer contends for. Anything near a bound must use `usage`.
+    public var segmentCountPublished: Int { publishedSegmentCount.load(ordering: .relaxed) }
+
     public var usage: LogUsage {
         monitor.lock()
         defer { monitor.unlock() }
