@@ -58,6 +58,8 @@ struct DMUBenchmark: ParsableCommand {
     var workloads: String = "new1m,overwrite4k"
     @Option(help: "Log bytes to fill and replay (default 1G; --smoke 16M; 0 skips).")
     var replayBytes: String?
+    @Flag(help: "Skip fio (no ratios): for A/B runs of Strata alone and profiling.")
+    var noFio = false
 
     struct Run {
         var perSecond: Double          // MiB/s for new1m, IOPS for overwrite4k
@@ -91,7 +93,7 @@ struct DMUBenchmark: ParsableCommand {
         let targetDevice = try SingleDeviceTarget(spec: options.target, dir: options.dir, sizeBytes: sizeBytes, fileName: "dmu-target.img", scratch: scratch)
         defer { targetDevice.remove() }
         let path = targetDevice.path
-        let hasFio = (try? Fio.ensureInstalled(scratch: scratch)) != nil
+        let hasFio = !noFio && (try? Fio.ensureInstalled(scratch: scratch)) != nil
         let fioSize = min(sizeBytes / 2, 2 << 30)
         print("strata-perf dmu: \(options.target) target \(path), \(sizeBytes >> 20) MiB, \(roundCount) rounds of \(runSeconds) s, \(depth) transaction(s) in flight per thread")
 
