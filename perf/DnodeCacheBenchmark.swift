@@ -5,7 +5,8 @@
 //
 // The cache is filled with --objects Lustre-shaped dnodes (LMA + PFID inline, as on an OST object,
 // plus a 40-byte inline extent) and every lookup hits. Each thread looks up objects in a
-// precomputed pseudo-random order (no generator cost in the loop) for --seconds, reading one
+// precomputed uniform pseudo-random order (no generator cost in the loop; one position per cached
+// dnode, at least 64k, so the lookups range over the whole cache) for --seconds, reading one
 // field so the lookup is not optimised away. Two paths are timed:
 //   - `withDnode` (borrowed, no copy): the path callers use (read a few fields under the lock);
 //   - `lookup` (a copy of the Dnode: retains and later releases its arrays), for comparison.
@@ -101,7 +102,10 @@ struct DnodeCacheBenchmark: ParsableCommand {
             throw PerfError.usage("cache holds \(statistics.cachedCount) of \(count) dnodes (\(statistics.evictions) evicted)")
         }
 
-        let orderLength = 1 << 16
+        // One position per cached dnode (at least 64k), so the lookups range over the whole cache:
+        // a 64k order repeated (as before) touched only 64k distinct dnodes, a working set that
+        // largely fits in L3 even when a million are cached.
+        let orderLength = max(1 << 16, 1 << (Int.bitWidth - (count - 1).leadingZeroBitCount))
         let orders: [[UInt64]] = (0 ..< 2).map { thread in
             var generator = SplitMix(state: 0xD40D_E000 &+ UInt64(thread))
             return (0 ..< orderLength).map { _ in generator.next() % UInt64(count) }
