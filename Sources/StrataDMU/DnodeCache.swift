@@ -205,6 +205,14 @@ public final class DnodeCache: @unchecked Sendable {
         /// the bucket array, one read of the entry.
         @usableFromInline
         mutating func presentDnode(_ object: UInt64) -> UnsafeMutablePointer<Dnode>? {
+            guard let entry = cachedEntry(object), entry.pointee.state == .present else { return nil }
+            return (UnsafeMutableRawPointer(entry) + DnodeCache.dnodeOffset).assumingMemoryBound(to: Dnode.self)
+        }
+
+        /// The entry of `object` (present or a tombstone), or nil; counts a hit or a miss and sets
+        /// the entry's reference bit (only when clear: no store to the entry's line on most hits).
+        @inline(__always)
+        mutating func cachedEntry(_ object: UInt64) -> UnsafeMutablePointer<Entry>? {
             let slot = slot(of: object)
             guard slot >= 0 else {
                 statistics.misses &+= 1
@@ -212,10 +220,9 @@ public final class DnodeCache: @unchecked Sendable {
             }
             statistics.hits &+= 1
             let entry = entries + slot
-            // Set only when clear: no store to the entry's line on most hits.
+            precondition(entry.pointee.state != .free, "object \(object) maps to free dnode-cache slot \(slot)")
             if !entry.pointee.referenced { entry.pointee.referenced = true }
-            guard entry.pointee.state == .present else { return nil }
-            return (UnsafeMutableRawPointer(entry) + DnodeCache.dnodeOffset).assumingMemoryBound(to: Dnode.self)
+            return entry
         }
 
         /// Adds `object` → `slot`; `object` must not be in the table.
@@ -378,14 +385,7 @@ public final class DnodeCache: @unchecked Sendable {
     /// the copy retains (and the caller later releases) the dnode's arrays: prefer `withDnode`.
     public func lookup(_ object: UInt64) -> CachedDnode {
         shard(for: object).pointee.withLock { shard -> CachedDnode in
-            let slot = shard.slot(of: object)
-            guard slot >= 0 else {
-                shard.statistics.misses &+= 1
-                return .absent
-            }
-            shard.statistics.hits &+= 1
-            let entry = shard.entries + slot
-            entry.pointee.referenced = true
+            guard let entry = shard.cachedEntry(object) else { return .absent }
             guard entry.pointee.state == .present else { return .destroyed }
             return .present(entry.pointee.dnode)
         }
