@@ -38,6 +38,18 @@
 // So a hit is two dependent misses (bucket, entry); `lookup`, which returns a copy, adds the
 // retains of the dnode's arrays.
 //
+// What a lookup costs is mostly whether the misses of consecutive lookups overlap. Their
+// addresses do not depend on each other, and on this hardware (AMD EPYC, measured) the lock's
+// atomic compare-exchanges do not keep later loads from issuing, so the out-of-order core keeps
+// several lookups' misses in flight as long as each lookup is short. `withDnode` is therefore
+// `@inlinable`: specialized in the caller's module for its closure and result (unspecialized, a
+// generic closure call, the result's value-witness calls and a 248-byte move out of the slot
+// and back made each lookup long enough to run its misses one at a time: 2.6 M/s at 1M dnodes),
+// with the probe in a small non-generic function (`Shard.presentDnode`) so the closure and the
+// body inline and the optimizer drops the moves of the fields the body does not read. With that,
+// 10–12 M lookups/s at 1M dnodes on one thread, 7–7.6 with a body that is not inlined
+// (`strata-perf dnode-cache`; docs/perf.md).
+//
 // Memory bound: each entry is charged its slot (`Entry` stride), its share of the hash table, and
 // the heap its dnode holds (`Dnode.residentBytes`). When dirty entries alone exceed a shard's
 // share the bound is exceeded (they cannot go); `statistics.dirtyBytes` tells the checkpoint
@@ -54,9 +66,10 @@ import Glibc
 /// Settings of the dnode cache, each with its reason.
 public struct DnodeCacheSettings: Sendable, Equatable {
     /// Memory for cached dnodes and their index. 256 MiB holds ~515k dnodes of the typical
-    /// Lustre shape (LMA + PFID inline, ~520 B charged each: the entry, its share of the index,
-    /// the SA and extent arrays; `strata-perf dnode-cache`): the working set of a busy MDT
-    /// without taking a large share of a server's memory. Bytes.
+    /// Lustre shape (LMA + PFID inline, 520 B charged each: the 264-byte entry, its share of the
+    /// index, the SA and extent arrays; 526 B of resident memory each measured at 1M by
+    /// `strata-perf dnode-cache`): the working set of a busy MDT without taking a large share of
+    /// a server's memory. Bytes.
     public var memoryBytesMax: Int = 256 << 20
     /// Lock stripes, a power of two. 16 keeps two threads on one shard 1/16 of the time on random
     /// objects, for 16 × 128 bytes of shard headers.
