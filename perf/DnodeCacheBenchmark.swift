@@ -5,10 +5,15 @@
 //
 // The cache is filled with --objects Lustre-shaped dnodes (LMA + PFID inline, as on an OST object,
 // plus a 40-byte inline extent) and every lookup hits. Each thread looks up objects in a
-// precomputed pseudo-random order (no generator cost in the loop) for --seconds, reading one
+// precomputed uniform pseudo-random order (no generator cost in the loop; one position per cached
+// dnode, at least 64k, so the lookups range over the whole cache) for --seconds, reading one
 // field so the lookup is not optimised away. Two paths are timed:
 //   - `withDnode` (borrowed, no copy): the path callers use (read a few fields under the lock);
 //   - `lookup` (a copy of the Dnode: retains and later releases its arrays), for comparison.
+// `withDnode` is inlinable: the body (here one field read) is inlined into the caller and the
+// optimizer reads only what it uses. A third measurement (one thread) passes a body the compiler
+// may not inline, so the cache moves the whole dnode out of its slot and back around the call:
+// what a caller with a large closure pays.
 // Each rate is given per wall-clock second and per second of the thread's CPU time
 // (CLOCK_THREAD_CPUTIME_ID): on a shared machine the second is the one that does not depend on how
 // many other processes compete for the cores. Memory per cached dnode: the heap growth of
@@ -55,6 +60,9 @@ struct DnodeCacheBenchmark: ParsableCommand {
         var twoThreadLookupsPerSecond: Double
         var twoThreadPerThread: [Double]
         var oneThreadBorrowingLookupsPerSecond: Double
+        /// `withDnode` with a body that is not inlined (a call): one thread.
+        var oneThreadBorrowingCallLookupsPerSecond: Double
+        var oneThreadBorrowingCallLookupsPerCPUSecond: Double
         var twoThreadBorrowingLookupsPerSecond: Double
         /// The same rates per second of thread CPU time (two threads: summed).
         var oneThreadLookupsPerCPUSecond: Double
@@ -101,13 +109,17 @@ struct DnodeCacheBenchmark: ParsableCommand {
             throw PerfError.usage("cache holds \(statistics.cachedCount) of \(count) dnodes (\(statistics.evictions) evicted)")
         }
 
-        let orderLength = 1 << 16
+        // One position per cached dnode (at least 64k), so the lookups range over the whole cache:
+        // a 64k order repeated (as before) touched only 64k distinct dnodes, a working set that
+        // largely fits in L3 even when a million are cached.
+        let orderLength = max(1 << 16, 1 << (Int.bitWidth - (count - 1).leadingZeroBitCount))
         let orders: [[UInt64]] = (0 ..< 2).map { thread in
             var generator = SplitMix(state: 0xD40D_E000 &+ UInt64(thread))
             return (0 ..< orderLength).map { _ in generator.next() % UInt64(count) }
         }
         let oneBorrowing = Self.measure(cache: cache, orders: [orders[0]], seconds: duration, borrowing: true)
         let twoBorrowing = Self.measure(cache: cache, orders: orders, seconds: duration, borrowing: true)
+        let oneBorrowingCall = Self.measure(cache: cache, orders: [orders[0]], seconds: duration, borrowing: true, bodyInlined: false)
         let one = Self.measure(cache: cache, orders: [orders[0]], seconds: duration)
         let two = Self.measure(cache: cache, orders: orders, seconds: duration)
         func sum(_ rates: [Rate], _ part: KeyPath<Rate, Double>) -> Double { rates.map { $0[keyPath: part] }.reduce(0, +) }
@@ -115,6 +127,8 @@ struct DnodeCacheBenchmark: ParsableCommand {
                             oneThreadLookupsPerSecond: sum(one, \.wall), twoThreadLookupsPerSecond: sum(two, \.wall),
                             twoThreadPerThread: two.map(\.wall),
                             oneThreadBorrowingLookupsPerSecond: sum(oneBorrowing, \.wall),
+                            oneThreadBorrowingCallLookupsPerSecond: sum(oneBorrowingCall, \.wall),
+                            oneThreadBorrowingCallLookupsPerCPUSecond: sum(oneBorrowingCall, \.cpu),
                             twoThreadBorrowingLookupsPerSecond: sum(twoBorrowing, \.wall),
                             oneThreadLookupsPerCPUSecond: sum(one, \.cpu), twoThreadLookupsPerCPUSecond: sum(two, \.cpu),
                             oneThreadBorrowingLookupsPerCPUSecond: sum(oneBorrowing, \.cpu),
@@ -128,6 +142,8 @@ struct DnodeCacheBenchmark: ParsableCommand {
         print("withDnode (borrowed, no copy; the callers' path): 1 thread \(millions(result.oneThreadBorrowingLookupsPerSecond)) lookups/s "
               + "(\(millions(result.oneThreadBorrowingLookupsPerCPUSecond)) per CPU-second; target ≥ 5 M), "
               + "2 threads \(millions(result.twoThreadBorrowingLookupsPerSecond)) lookups/s (\(millions(result.twoThreadBorrowingLookupsPerCPUSecond)) per CPU-second)")
+        print("withDnode with a body that is not inlined (the dnode moved out and back): 1 thread \(millions(result.oneThreadBorrowingCallLookupsPerSecond)) lookups/s "
+              + "(\(millions(result.oneThreadBorrowingCallLookupsPerCPUSecond)) per CPU-second)")
         print("lookup (a copy): 1 thread \(millions(result.oneThreadLookupsPerSecond)) lookups/s (\(millions(result.oneThreadLookupsPerCPUSecond)) per CPU-second), "
               + "2 threads \(millions(result.twoThreadLookupsPerSecond)) lookups/s (\(two.map(\.wall).map(millions).joined(separator: " + ")); "
               + "\(millions(result.twoThreadLookupsPerCPUSecond)) per CPU-second)")
@@ -154,7 +170,11 @@ struct DnodeCacheBenchmark: ParsableCommand {
     }
 
     /// The rates of each thread, all threads running at once.
-    static func measure(cache: DnodeCache, orders: [[UInt64]], seconds: Double, borrowing: Bool = false) -> [Rate] {
+    /// A `withDnode` body the compiler does not inline.
+    @inline(never)
+    static func sizeBytes(of dnode: borrowing Dnode) -> UInt64 { dnode.sizeBytes }
+
+    static func measure(cache: DnodeCache, orders: [[UInt64]], seconds: Double, borrowing: Bool = false, bodyInlined: Bool = true) -> [Rate] {
         let rates = UnsafeMutableBufferPointer<Rate>.allocate(capacity: orders.count)
         defer { rates.deallocate() }
         let ratesAddress = UInt(bitPattern: rates.baseAddress)
@@ -170,7 +190,9 @@ struct DnodeCacheBenchmark: ParsableCommand {
             var elapsed: UInt64 = 0
             repeat {
                 for _ in 0 ..< 4096 {
-                    if borrowing {
+                    if borrowing && !bodyInlined {
+                        sink &+= cache.withDnode(order[position], sizeBytes(of:)) ?? 0
+                    } else if borrowing {
                         sink &+= cache.withDnode(order[position]) { $0.sizeBytes } ?? 0
                     } else if case .present(let dnode) = cache.lookup(order[position]) {
                         sink &+= dnode.sizeBytes

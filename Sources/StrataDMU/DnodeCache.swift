@@ -38,6 +38,18 @@
 // So a hit is two dependent misses (bucket, entry); `lookup`, which returns a copy, adds the
 // retains of the dnode's arrays.
 //
+// What a lookup costs is mostly whether the misses of consecutive lookups overlap. Their
+// addresses do not depend on each other, and on this hardware (AMD EPYC, measured) the lock's
+// atomic compare-exchanges do not keep later loads from issuing, so the out-of-order core keeps
+// several lookups' misses in flight as long as each lookup is short. `withDnode` is therefore
+// `@inlinable`: specialized in the caller's module for its closure and result (unspecialized, a
+// generic closure call, the result's value-witness calls and a 248-byte move out of the slot
+// and back made each lookup long enough to run its misses one at a time: 2.6 M/s at 1M dnodes),
+// with the probe in a small non-generic function (`Shard.presentDnode`) so the closure and the
+// body inline and the optimizer drops the moves of the fields the body does not read. With that,
+// 10–12 M lookups/s at 1M dnodes on one thread, 7–7.6 with a body that is not inlined
+// (`strata-perf dnode-cache`; docs/perf.md).
+//
 // Memory bound: each entry is charged its slot (`Entry` stride), its share of the hash table, and
 // the heap its dnode holds (`Dnode.residentBytes`). When dirty entries alone exceed a shard's
 // share the bound is exceeded (they cannot go); `statistics.dirtyBytes` tells the checkpoint
@@ -54,9 +66,10 @@ import Glibc
 /// Settings of the dnode cache, each with its reason.
 public struct DnodeCacheSettings: Sendable, Equatable {
     /// Memory for cached dnodes and their index. 256 MiB holds ~515k dnodes of the typical
-    /// Lustre shape (LMA + PFID inline, ~520 B charged each: the entry, its share of the index,
-    /// the SA and extent arrays; `strata-perf dnode-cache`): the working set of a busy MDT
-    /// without taking a large share of a server's memory. Bytes.
+    /// Lustre shape (LMA + PFID inline, 520 B charged each: the 264-byte entry, its share of the
+    /// index, the SA and extent arrays; 526 B of resident memory each measured at 1M by
+    /// `strata-perf dnode-cache`): the working set of a busy MDT without taking a large share of
+    /// a server's memory. Bytes.
     public var memoryBytesMax: Int = 256 << 20
     /// Lock stripes, a power of two. 16 keeps two threads on one shard 1/16 of the time on random
     /// objects, for 16 × 128 bytes of shard headers.
@@ -102,7 +115,8 @@ public final class DnodeCache: @unchecked Sendable {
     // @unchecked: the shards live in raw memory owned by this object; each is only reached
     // through its Mutex.
 
-    enum EntryState: UInt8 {
+    @usableFromInline
+    enum EntryState: UInt8, Sendable {
         /// On the shard's free list.
         case free
         case present
@@ -113,16 +127,17 @@ public final class DnodeCache: @unchecked Sendable {
     /// One slot of a shard's entry array. Every slot below `entryCount` is initialized: a free
     /// slot or a tombstone holds a placeholder dnode with no heap storage, so `withDnode` can
     /// borrow the stored dnode in place (no Optional to unwrap, no copy).
-    struct Entry {
+    @usableFromInline
+    struct Entry: Sendable {
         // The bookkeeping comes first, in the same cache line as the dnode's fixed fields: a hit
         // reads `state`, sets `referenced` and usually reads a field or two, all in one line.
-        var state: EntryState
-        var referenced: Bool
+        @usableFromInline var state: EntryState
+        @usableFromInline var referenced: Bool
         var chargedBytes: UInt32
         /// 0 when clean, else the checkpoint that must write this entry. On a free slot: the next
         /// free slot + 1 (0 ends the list).
         var dirtyCheckpoint: UInt64
-        var dnode: Dnode
+        @usableFromInline var dnode: Dnode
 
         var objectNumber: UInt64 { dnode.objectNumber }
 
@@ -133,21 +148,23 @@ public final class DnodeCache: @unchecked Sendable {
 
     /// A hash-table bucket: the object number (so a probe compares keys without touching the
     /// entry array) and its slot + 1; 0 marks an empty bucket. 16 bytes, four per cache line.
-    struct Bucket {
-        var objectNumber: UInt64
-        var slotPlusOne: UInt32
+    @usableFromInline
+    struct Bucket: Sendable {
+        @usableFromInline var objectNumber: UInt64
+        @usableFromInline var slotPlusOne: UInt32
     }
 
     /// One lock stripe: an open-addressing hash table (linear probing, backward-shift deletion,
     /// so no tombstones ever slow a probe) from object number to slot, the slots themselves, the
     /// CLOCK hand and the counters. Called with the shard's lock held.
+    @usableFromInline
     struct Shard: ~Copyable {
-        var buckets: UnsafeMutablePointer<Bucket>
+        @usableFromInline var buckets: UnsafeMutablePointer<Bucket>
         /// log2 of the bucket count.
-        var bucketBits: Int
+        @usableFromInline var bucketBits: Int
         /// The top `shardBits` of an object's hash pick its shard; the next `bucketBits` its home bucket.
-        let shardBits: Int
-        var entries: UnsafeMutablePointer<Entry>
+        @usableFromInline let shardBits: Int
+        @usableFromInline var entries: UnsafeMutablePointer<Entry>
         /// Slots initialized (in use or free); the CLOCK hand sweeps `0 ..< entryCount`.
         var entryCount = 0
         var entryCapacity: Int
@@ -158,7 +175,7 @@ public final class DnodeCache: @unchecked Sendable {
         var residentBytes = 0
         var dirtyBytes = 0
         var dirtyCount = 0
-        var statistics = DnodeCacheStatistics()
+        @usableFromInline var statistics = DnodeCacheStatistics()
 
         init(budgetBytes: Int, shardBits: Int) {
             self.shardBits = shardBits
@@ -176,17 +193,17 @@ public final class DnodeCache: @unchecked Sendable {
             buckets.deallocate()
         }
 
-        var bucketMask: Int { (1 << bucketBits) - 1 }
+        @inlinable var bucketMask: Int { (1 << bucketBits) - 1 }
 
-        @inline(__always)
+        @inlinable @inline(__always)
         func homeBucket(_ object: UInt64) -> Int {
             Int(truncatingIfNeeded: (DnodeCache.hash(object) << UInt64(shardBits)) >> UInt64(64 - bucketBits))
         }
 
         /// The slot holding `object`, or -1. One probe sequence over the bucket array only.
-        @inline(__always)
+        @inlinable @inline(__always)
         func slot(of object: UInt64) -> Int {
-            let mask = bucketMask
+            let mask = (1 << bucketBits) - 1
             var index = homeBucket(object)
             while true {
                 let bucket = buckets[index]
@@ -194,6 +211,31 @@ public final class DnodeCache: @unchecked Sendable {
                 if bucket.objectNumber == object { return Int(bucket.slotPlusOne) - 1 }
                 index = (index + 1) & mask
             }
+        }
+
+        /// The dnode of `object` when it is cached and present, else nil; counts a hit or a miss
+        /// and sets the entry's reference bit. The non-generic part of `withDnode`: one probe of
+        /// the bucket array, one read of the entry.
+        @usableFromInline
+        mutating func presentDnode(_ object: UInt64) -> UnsafeMutablePointer<Dnode>? {
+            guard let entry = cachedEntry(object), entry.pointee.state == .present else { return nil }
+            return (UnsafeMutableRawPointer(entry) + DnodeCache.dnodeOffset).assumingMemoryBound(to: Dnode.self)
+        }
+
+        /// The entry of `object` (present or a tombstone), or nil; counts a hit or a miss and sets
+        /// the entry's reference bit (only when clear: no store to the entry's line on most hits).
+        @inline(__always)
+        mutating func cachedEntry(_ object: UInt64) -> UnsafeMutablePointer<Entry>? {
+            let slot = slot(of: object)
+            guard slot >= 0 else {
+                statistics.misses &+= 1
+                return nil
+            }
+            statistics.hits &+= 1
+            let entry = entries + slot
+            precondition(entry.pointee.state != .free, "object \(object) maps to free dnode-cache slot \(slot)")
+            if !entry.pointee.referenced { entry.pointee.referenced = true }
+            return entry
         }
 
         /// Adds `object` → `slot`; `object` must not be in the table.
@@ -305,19 +347,23 @@ public final class DnodeCache: @unchecked Sendable {
     }
 
     public let settings: DnodeCacheSettings
-    private let shardBits: Int
-    private let shardStride: Int
-    private let shards: UnsafeMutableRawPointer
+    @usableFromInline let shardBits: Int
+    @usableFromInline let shardStride: Int
+    @usableFromInline let shards: UnsafeMutableRawPointer
 
     /// Bytes charged per entry besides its dnode's heap: the slot and the hash table's share
     /// (a 16-byte bucket at a load between 3/8 and 3/4, so 21–43 bytes; 32 on average).
     static let entryOverheadBytes = MemoryLayout<Entry>.stride + 32
-    static let dnodeOffset = MemoryLayout<Entry>.offset(of: \Entry.dnode)!
+    /// Where the dnode starts in an `Entry`: after the 16 bytes of bookkeeping. A constant (not
+    /// `MemoryLayout.offset(of:)`, a lazily initialized global) so the inlined hot path adds it
+    /// directly; `init` checks it against the layout.
+    @usableFromInline static var dnodeOffset: Int { 16 }
 
     public init(settings: DnodeCacheSettings = DnodeCacheSettings()) {
         precondition(settings.shardCount > 0 && settings.shardCount & (settings.shardCount - 1) == 0 && settings.shardCount <= 1024,
                      "shard count \(settings.shardCount) is not a power of two in 1...1024")
         precondition(settings.memoryBytesMax >= settings.shardCount * 4096, "dnode cache bound \(settings.memoryBytesMax) bytes is too small")
+        precondition(MemoryLayout<Entry>.offset(of: \Entry.dnode) == Self.dnodeOffset, "DnodeCache.Entry layout changed: dnode not at offset \(Self.dnodeOffset)")
         self.settings = settings
         self.shardBits = settings.shardCount.trailingZeroBitCount
         self.shardStride = (MemoryLayout<Mutex<Shard>>.stride + 127) & ~127
@@ -337,11 +383,11 @@ public final class DnodeCache: @unchecked Sendable {
 
     /// Fibonacci hashing: the top bits of the product are well mixed even for sequential object
     /// numbers. The top `shardBits` pick the shard, the bits below them the bucket.
-    @inline(__always)
+    @inlinable @inline(__always)
     static func hash(_ object: UInt64) -> UInt64 { object &* 0x9E37_79B9_7F4A_7C15 }
 
-    @inline(__always)
-    private func shard(for object: UInt64) -> UnsafeMutablePointer<Mutex<Shard>> {
+    @inlinable @inline(__always)
+    func shard(for object: UInt64) -> UnsafeMutablePointer<Mutex<Shard>> {
         let index = shardBits == 0 ? 0 : Int(truncatingIfNeeded: Self.hash(object) >> UInt64(64 - shardBits))
         return (shards + index * shardStride).assumingMemoryBound(to: Mutex<Shard>.self)
     }
@@ -352,14 +398,7 @@ public final class DnodeCache: @unchecked Sendable {
     /// the copy retains (and the caller later releases) the dnode's arrays: prefer `withDnode`.
     public func lookup(_ object: UInt64) -> CachedDnode {
         shard(for: object).pointee.withLock { shard -> CachedDnode in
-            let slot = shard.slot(of: object)
-            guard slot >= 0 else {
-                shard.statistics.misses &+= 1
-                return .absent
-            }
-            shard.statistics.hits &+= 1
-            let entry = shard.entries + slot
-            entry.pointee.referenced = true
+            guard let entry = shard.cachedEntry(object) else { return .absent }
             guard entry.pointee.state == .present else { return .destroyed }
             return .present(entry.pointee.dnode)
         }
@@ -374,24 +413,20 @@ public final class DnodeCache: @unchecked Sendable {
     /// Runs `body` on the cached dnode in place, without copying it (no retain of its arrays),
     /// under the shard's lock (keep it short: no I/O, no other cache call). Nil when `object` is
     /// not cached or destroyed. The hot path: one lock, one probe of the bucket array, one read
-    /// of the entry.
+    /// of the entry. Inlinable, so it is specialized for the caller's closure and result type
+    /// in other modules too (unspecialized, the generic result and closure calls made a lookup
+    /// several times longer than the lookup itself; see the theory comment).
+    @inlinable
     public func withDnode<Result>(_ object: UInt64, _ body: (borrowing Dnode) -> Result) -> Result? {
         shard(for: object).pointee.withLock { shard -> Result? in
-            let slot = shard.slot(of: object)
-            guard slot >= 0 else {
-                shard.statistics.misses &+= 1
-                return nil
-            }
-            shard.statistics.hits &+= 1
-            let entry = shard.entries + slot
-            entry.pointee.referenced = true
-            guard entry.pointee.state == .present else { return nil }
-            // `body(entry.pointee.dnode)` would copy (retain its arrays, release them after):
+            guard let dnodePointer = shard.presentDnode(object) else { return nil }
+            // `body(dnodePointer.pointee)` would copy (retain its arrays, release them after):
             // the compiler cannot prove the memory under an unsafe pointer stays put during the
-            // call. Moving the dnode out into a local and back (two 200-byte moves, no reference
-            // counting) lends `body` a value it can borrow; the lock keeps anyone from seeing the
-            // slot while it is moved out.
-            let dnodePointer = (UnsafeMutableRawPointer(entry) + Self.dnodeOffset).assumingMemoryBound(to: Dnode.self)
+            // call. Moving the dnode out into a local and back (bitwise, no reference counting)
+            // lends `body` a value it can borrow; the lock keeps anyone from seeing the slot
+            // while it is moved out. Once this closure and `body` are inlined into the caller
+            // (this closure is kept small for that), the optimizer drops the moves of the fields
+            // `body` does not read.
             let dnode = dnodePointer.move()
             defer { dnodePointer.initialize(to: dnode) }
             return body(dnode)

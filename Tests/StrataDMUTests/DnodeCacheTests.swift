@@ -28,6 +28,50 @@ import StrataPool
         #expect(statistics.cachedCount == 1 && statistics.dirtyCount == 0 && statistics.residentBytes > 0)
     }
 
+    /// A `withDnode` body the compiler does not inline: the cache moves the dnode out and back.
+    @inline(never)
+    static func xattrBytesAndExtents(_ dnode: borrowing Dnode) -> [UInt8] {
+        var bytes = dnode.systemAttributes.inlineBytes
+        if case .inline(let extents) = dnode.extentMap { bytes += extents }
+        return bytes
+    }
+
+    @Test func withDnodeLendsTheStoredDnodeAndLeavesItInPlace() {
+        let cache = DnodeCache(settings: DnodeCacheSettings(memoryBytesMax: 64 << 20, shardCount: 4))
+        var expected: [UInt64: Dnode] = [:]
+        for object in 0 ..< UInt64(2000) {
+            var dnode = Self.lustreDnode(object)
+            dnode.sizeBytes = object &* 7
+            dnode.extentMap = .inline([UInt8](repeating: UInt8(truncatingIfNeeded: object), count: 40))
+            if object % 3 == 0 { cache.update(dnode, dirtyIn: 5) } else { cache.insertClean(dnode) }
+            expected[object] = dnode
+        }
+        for object in stride(from: UInt64(1), to: 2000, by: 10) {
+            cache.destroy(object, dirtyIn: 5)
+            expected[object] = nil
+        }
+        // Every path reads the dnode's heap arrays, twice, inlined body and called body: the
+        // moves out and back leave the slot as it was.
+        for _ in 0 ..< 2 {
+            for object in 0 ..< UInt64(2100) {
+                let inlined = cache.withDnode(object) { dnode in (dnode.sizeBytes, dnode.systemAttributes.inlineBytes, dnode.extentMap) }
+                let called = cache.withDnode(object, Self.xattrBytesAndExtents)
+                if let dnode = expected[object] {
+                    #expect(inlined?.0 == dnode.sizeBytes && inlined?.1 == dnode.systemAttributes.inlineBytes && inlined?.2 == dnode.extentMap)
+                    #expect(called == Self.xattrBytesAndExtents(dnode))
+                    #expect(cache.lookup(object) == .present(dnode))
+                } else {
+                    #expect(inlined == nil && called == nil, "object \(object): destroyed or never cached")
+                }
+            }
+        }
+        // Hits and misses: 2000 cached (200 of them tombstones, which count as hits), 100 never cached.
+        let statistics = cache.statistics
+        let dirtyCount = (0 ..< UInt64(2000)).filter { $0 % 3 == 0 || $0 % 10 == 1 }.count
+        #expect(statistics.hits == 2 * 3 * 2000 - 2 * 200 && statistics.misses == 2 * 2 * 100, "\(statistics)")
+        #expect(statistics.cachedCount == 2000 && statistics.dirtyCount == dirtyCount, "\(statistics)")
+    }
+
     @Test func cleanEntriesAreEvictedUnderTheBound() {
         let settings = DnodeCacheSettings(memoryBytesMax: 1 << 20, shardCount: 4)
         let cache = DnodeCache(settings: settings)
