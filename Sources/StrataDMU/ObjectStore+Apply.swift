@@ -217,15 +217,34 @@ extension ObjectStore {
     /// Shared by `apply(.writeInline)` and `Transaction.write`, which encodes its record straight
     /// from the caller's bytes and applies from them (no copy of the data in an operation).
     func applyWriteInline(_ object: UInt64, offset: UInt64, bytes: UnsafeRawBufferPointer, tag: UInt64) throws(ObjectStoreError) {
-        var dnode = try existing(object, dataOperation: "write")
+        // The dnode's type and size borrowed from the cache (no copy of the dnode, no retain of
+        // its arrays); the whole dnode only when it is not cached, its extent map is not loaded,
+        // or the write grows the object (all before anything changes).
+        var dnode: Dnode? = nil
+        let facts: (type: ObjectType, sizeBytes: UInt64)
+        if let cached = dnodes.withDnode(object, { (type: $0.type, sizeBytes: $0.sizeBytes) }) {
+            facts = cached
+        } else {
+            let loaded = try existing(object)
+            dnode = loaded
+            facts = (loaded.type, loaded.sizeBytes)
+        }
+        guard facts.type == .regular || facts.type == .symlink else { throw .wrongType(object: object, type: facts.type, operation: "write") }
         try checkRange(object, offset, UInt64(bytes.count))
-        let state = state(of: object)
-        let map = try extentMap(of: state, dnode: dnode)
-        let added = try writePages(state, map: map, sizeBytes: dnode.sizeBytes, offset: offset, bytes: bytes, skipHoles: false, counted: false)
         let end = offset + UInt64(bytes.count)
-        if end > dnode.sizeBytes {
-            dnode.sizeBytes = end
-            dnodes.update(dnode, dirtyIn: tag)
+        let state = state(of: object)
+        let map: ExtentMap
+        if let loaded = state.extentMap {
+            map = loaded
+        } else {
+            if dnode == nil { dnode = try existing(object) }
+            map = try extentMap(of: state, dnode: dnode!)
+        }
+        if end > facts.sizeBytes && dnode == nil { dnode = try existing(object) }
+        let added = try writePages(state, map: map, sizeBytes: facts.sizeBytes, offset: offset, bytes: bytes, skipHoles: false, counted: false)
+        if end > facts.sizeBytes, var grown = dnode {
+            grown.sizeBytes = end
+            dnodes.update(grown, dirtyIn: tag)
         }
         // The new pages' bytes and the dirty mark in one trip through the state lock.
         stateLock.withLock {
