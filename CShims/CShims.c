@@ -10,6 +10,9 @@
 #include <linux/fs.h>
 #include <linux/falloc.h>
 #include <pthread.h>
+#include <sys/resource.h>
+#include <sys/syscall.h>
+#include <unistd.h>
 
 const int CShims_O_DIRECT = O_DIRECT;
 const int CShims_O_EXCL = O_EXCL;
@@ -41,6 +44,16 @@ int CShims_block_discard(int fd, uint64_t offset, uint64_t length) {
 int CShims_file_punch_hole(int fd, uint64_t offset, uint64_t length) {
     return fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, (off_t)offset, (off_t)length) == 0
                ? 0 : -errno;
+}
+
+int CShims_thread_prepare(const char *name, int nice) {
+    char shortName[16];
+    strncpy(shortName, name, sizeof shortName - 1);
+    shortName[sizeof shortName - 1] = 0;
+    (void)pthread_setname_np(pthread_self(), shortName);
+    if (nice == 0) return 0;
+    pid_t tid = (pid_t)syscall(SYS_gettid);
+    return setpriority(PRIO_PROCESS, (id_t)tid, nice) == 0 ? 0 : errno;
 }
 
 ssize_t CShims_pwritev2(int fd, const struct iovec *iov, int count, off_t offset, int flags) {

@@ -121,6 +121,10 @@ ssize_t CShims_pwritev2(int fd, const struct iovec *iov, int count, off_t offset
 int CShims_block_discard(int fd, uint64_t offset, uint64_t length);
 /// fallocate(PUNCH_HOLE|KEEP_SIZE) for regular files.
 int CShims_file_punch_hole(int fd, uint64_t offset, uint64_t length);
+/// Names the calling thread (the first 15 bytes of `name`) and, when `nice` is not 0, sets its
+/// nice value (setpriority on its thread id). Returns 0, or the errno of setpriority (EACCES or
+/// EPERM without CAP_SYS_NICE for a negative value).
+int CShims_thread_prepare(const char *name, int nice);
 uint32_t CShims_major(uint64_t rdev);
 uint32_t CShims_minor(uint64_t rdev);
 

@@ -22,11 +22,13 @@
 //     (taken from the armed set under the lock, posted just after releasing it).
 
 import StrataIO
+import Synchronization
 import StrataPool
 
 extension IntentLog {
     /// The dedicated writer thread's loop.
     func writerLoop() {
+        Self.prepareThread(name: "strata-logw", nice: settings.writerNice)
         monitor.lock()
         while true {
             while failure == nil && !isClosed && !batchIsDueLocked() {
@@ -142,6 +144,7 @@ extension IntentLog {
     /// order, then moves `lastDurableLSN` and wakes the `sync()` waiters it satisfies. A batch
     /// handed over before a failure or close is still completed: it is durable.
     func completerLoop() {
+        Self.prepareThread(name: "strata-logc", nice: settings.completerNice)
         monitor.lock()
         while true {
             while pendingCompletion == nil && failure == nil && !isClosed { monitor.wait(.completer) }
@@ -253,5 +256,20 @@ extension IntentLog {
         checkpointRequestArmed = false
         stats.checkpointRequests += 1
         return HandlerCall(call: handler, usage: usageLocked())
+    }
+}
+
+extension IntentLog {
+    /// A refused priority is reported once per process, not once per log opened.
+    static let refusedNiceReported = Atomic<Bool>(false)
+
+    /// Names a log thread (for top and perf) and applies its nice value from `LogSettings`; a
+    /// refused priority leaves the thread at the default, and the first is logged.
+    static func prepareThread(name: String, nice: Int32) {
+        let error = ThreadSetup.prepare(name: name, nice: nice)
+        guard error != 0 else { return }
+        if !refusedNiceReported.exchange(true, ordering: .relaxed) {
+            Diagnostics.log("strata log: \(name) keeps the default priority (setpriority to nice \(nice) refused, errno \(error)); give the process CAP_SYS_NICE, or set LogSettings.completerNice / writerNice to 0")
+        }
     }
 }

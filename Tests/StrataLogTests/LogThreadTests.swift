@@ -1,0 +1,57 @@
+// LogThreadTests — the dedicated writer's threads are named and get their nice values.
+
+import Foundation
+import StrataIO
+@testable import StrataLog
+import StrataPool
+import Testing
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+@Suite struct LogThreadTests {
+    /// The nice values of this process's threads named `name` (from /proc/self/task/*/stat).
+    /// Other tests' logs run at the same time, so a test looks for a value only it sets.
+    static func niceValuesOfThreads(named name: String) -> [Int] {
+        guard let tasks = try? FileManager.default.contentsOfDirectory(atPath: "/proc/self/task") else { return [] }
+        var values: [Int] = []
+        for task in tasks {
+            guard let comm = try? String(contentsOfFile: "/proc/self/task/\(task)/comm", encoding: .utf8),
+                  comm.trimmingCharacters(in: .whitespacesAndNewlines) == name,
+                  let stat = try? String(contentsOfFile: "/proc/self/task/\(task)/stat", encoding: .utf8),
+                  let close = stat.lastIndex(of: ")") else { continue }
+            // Fields after "(comm)": state is field 3, nice is field 19.
+            let fields = stat[stat.index(after: close)...].split(separator: " ")
+            if fields.count > 16, let nice = Int(fields[16]) { values.append(nice) }
+        }
+        return values
+    }
+
+    @Test func completerAndWriterAreNamedAndGetTheirNiceValues() throws {
+        let devices = LogTestSupport.makeDevices()
+        var settings = LogTestSupport.settings(writer: .dedicatedThread)
+        settings.completerNice = -3
+        settings.writerNice = 2
+        let log = try LogTestSupport.newLog(devices: devices, settings: settings)
+        defer { try? log.close() }
+        _ = try log.append(type: 1, transactionID: 1, payload: [1, 2, 3])
+        try log.sync()                          // both threads have run their first lines
+        let privileged = geteuid() == 0
+        let completers = Self.niceValuesOfThreads(named: "strata-logc")
+        let writers = Self.niceValuesOfThreads(named: "strata-logw")
+        #expect(!completers.isEmpty && !writers.isEmpty, "log threads not found by name")
+        // Raising a priority needs CAP_SYS_NICE; lowering one (a positive nice) never does.
+        if privileged { #expect(completers.contains(-3)) } else { #expect(completers.contains(-3) || completers.contains(0)) }
+        #expect(writers.contains(2))
+    }
+
+    @Test func niceOutsideItsRangeIsRefusedBySettingsValidation() {
+        var settings = LogSettings()
+        settings.completerNice = -21
+        settings.writerNice = 20
+        let problems = settings.validationProblems()
+        #expect(problems.contains { $0.contains("completerNice") })
+        #expect(problems.contains { $0.contains("writerNice") })
+    }
+}
