@@ -103,7 +103,7 @@ struct DMUBenchmark: ParsableCommand {
         let sameDepth = (threadCounts.max() ?? 1) * depth
         var fio4kSame: [Double] = [], fio1mSame: [Double] = []
         var new1m: [Int: [Run]] = [:], over4k: [Int: [Run]] = [:]
-        var checkpointRates: [Double] = [], switchMaxMs: [Double] = []
+        var checkpointRates: [Double] = [], switchMaxMs: [Double] = [], quiesceMaxMs: [Double] = []
         for round in 0..<roundCount {
             if hasFio && runsNew1m {
                 if let m = try? runFioAnchor(path: path, scratch: scratch, seconds: runSeconds, arguments: [
@@ -157,6 +157,7 @@ struct DMUBenchmark: ParsableCommand {
             let after = store.statistics
             checkpointRates.append(Double(after.checkpointBytesWritten - before.checkpointBytesWritten) / elapsed / 1_048_576)
             switchMaxMs.append(Double(after.switchNsMax) / 1e6)
+            quiesceMaxMs.append(Double(after.quiesceNsMax) / 1e6)
             try store.close()
             try store.pool.export()
             progress("  round \(round + 1)/\(roundCount) done")
@@ -191,7 +192,7 @@ struct DMUBenchmark: ParsableCommand {
                   + (fio4kSameMedian.map { "  (\(fixed(value / $0, 2))x fio QD\(sameDepth))" } ?? "")
                   + ";  \(fixed(median(runs.map { Double($0.checkpoints) }), 0)) checkpoints, \(fixed(median(runs.map(\.homeWritesPerOperation)), 2)) pages written home per overwrite, \(fixed(median(runs.map(\.cpuMicrosecondsPerOperation)), 1)) CPU µs per overwrite, \(fixed(median(runs.map(\.recordsPerBatch)), 1)) records per log batch")
         }
-        print("  checkpoint after \(runsOverwrite4k ? "overwrite4k" : "new1m"): \(fixed(median(checkpointRates), 0)) MiB/s written; longest switch \(fixed(switchMaxMs.max() ?? 0, 2)) ms")
+        print("  checkpoint after \(runsOverwrite4k ? "overwrite4k" : "new1m"): \(fixed(median(checkpointRates), 0)) MiB/s written; longest switch \(fixed(switchMaxMs.max() ?? 0, 2)) ms (of it, waiting for transactions in flight: \(fixed(quiesceMaxMs.max() ?? 0, 2)) ms at most)")
 
         if fillBytes > 0 { try replay(path: path, sizeBytes: sizeBytes, fillBytes: fillBytes) }
     }

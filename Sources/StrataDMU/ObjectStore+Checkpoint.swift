@@ -249,6 +249,7 @@ extension ObjectStore {
     }
 
     func checkpointLoop() {
+        _ = ThreadSetup.prepare(name: "strata-ckpt", nice: 0)   // named for top and perf
         stateLock.lock()
         while !isClosed && failure == nil {
             let due = lastCheckpointNs + settings.checkpointIntervalNs
@@ -287,6 +288,8 @@ extension ObjectStore {
         stateLock.lock()
         quiescing = true
         while inFlight > 0 { stateLock.wait() }
+        let quiesceNs = Monitor.nowNs() - startNs
+        stats.quiesceNsMax = max(stats.quiesceNsMax, quiesceNs)
         let dirtySet = dirtyObjects
         stateLock.unlock()
         let lsn = log.appendedLSN
@@ -424,6 +427,8 @@ extension ObjectStore {
             // order; each run of logically adjacent pages maps a slice of it.
             let chunks = state.pages.filter { !$0.value.isStaged }.keys.sorted()
             let batchChunksMax = settings.recordBytesMax / Page.bytes
+            // Every run's extent, ascending, mapped in one pass when the pages are placed.
+            var runExtents: [MappedExtent] = []
             var index = 0
             while index < chunks.count {
                 let batchEnd = min(index + batchChunksMax, chunks.count)
@@ -442,13 +447,14 @@ extension ObjectStore {
                     let slices = copies.map { Extent(deviceIndex: $0.deviceIndex, offsetBytes: $0.offsetBytes + physical, lengthBytes: length) }
                     let extent = MappedExtent(logicalOffsetBytes: chunks[runStart] * 4096, copies: slices, birthCheckpoint: checkpoint,
                                               chunkChecksums: pages[(runStart - index)..<(runEnd - index)].map(\.checksum))
-                    for freed in map.replace(with: extent) { pool.allocator.free(freed) }
+                    runExtents.append(extent)
                     runStart = runEnd
                 }
                 for page in pages { page.isStaged = true }
                 pageRuns.append(PageRun(object: object, chunks: Array(chunks[index..<batchEnd]), pages: pages, copies: copies))
                 index = batchEnd
             }
+            for freed in map.replace(withSorted: runExtents) { pool.allocator.free(freed) }
             try flushMap(map, of: &dnode)
         }
         dnodes.update(dnode, dirtyIn: checkpoint)

@@ -218,6 +218,8 @@ public struct ObjectStoreStatistics: Sendable, Equatable {
     public var checkpoints = 0
     /// Longest and last switch (transactions held off), and the last checkpoint's total time.
     public var switchNsMax: UInt64 = 0
+    /// The longest wait of a switch for the transactions in flight to stop (part of the switch).
+    public var quiesceNsMax: UInt64 = 0
     public var lastSwitchNs: UInt64 = 0
     public var lastCheckpointNs: UInt64 = 0
     public var checkpointBytesWritten: UInt64 = 0

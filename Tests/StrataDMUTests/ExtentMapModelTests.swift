@@ -167,3 +167,54 @@ struct ModelFailure: Error {}
         try check(store.liveBlockCount == 0, steps, "\(store.liveBlockCount) extent-map blocks leaked after punching everything")
     }
 }
+
+/// `replace(withSorted:)` (one pass, what a checkpoint uses) against `replace(with:)` one by one.
+@Suite struct ExtentMapBatchReplaceTests {
+    static func extent(_ start: UInt64, _ blocks: UInt64, place: UInt64, copies: Int, birth: UInt64) -> MappedExtent {
+        let length = blocks * 4096
+        return MappedExtent(logicalOffsetBytes: start * 4096,
+                            copies: (0 ..< copies).map { Extent(deviceIndex: $0, offsetBytes: place + UInt64($0) << 40, lengthBytes: length) },
+                            birthCheckpoint: birth, chunkShift: 12,
+                            chunkChecksums: (0 ..< blocks).map { UInt32(truncatingIfNeeded: (place + $0) &* 0x9E37_79B9) })
+    }
+
+    @Test(arguments: [UInt64(1), 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12])
+    func oneBatchEqualsReplacingOneByOne(seed: UInt64) {
+        var random = SeededRandom(seed: seed)
+        let blocks: UInt64 = 256
+        var place: UInt64 = 1 << 20
+        // The same starting map on both sides: random extents, some adjacent, some with holes.
+        let one = ExtentMap(objectNumber: seed)
+        let batch = ExtentMap(objectNumber: seed)
+        var cursor: UInt64 = random.next() % 4
+        while cursor < blocks {
+            let length = min(blocks - cursor, 1 + random.next() % 24)
+            let start = extentFor(cursor, length)
+            _ = one.replace(with: start)
+            _ = batch.replace(with: start)
+            cursor += length + (random.chance(0.3) ? random.next() % 6 : 0)
+        }
+        one.dirtyRanges = []
+        batch.dirtyRanges = []
+        // New extents: sorted, not overlapping, of 1–8 blocks (page runs), some past the old end.
+        var news: [MappedExtent] = []
+        var next: UInt64 = random.next() % 3
+        while next < blocks + 16 {
+            let length = 1 + random.next() % 8
+            news.append(extentFor(next, length))
+            next += length + random.next() % 5
+        }
+        var freedOneByOne: [Extent] = []
+        for new in news { freedOneByOne += one.replace(with: new) }
+        let freedBatch = batch.replace(withSorted: news)
+        #expect(batch.extents == one.extents, "seed \(seed): maps differ")
+        #expect(freedBatch == freedOneByOne, "seed \(seed): freed pieces differ")
+        #expect(batch.dirtyRanges == one.dirtyRanges, "seed \(seed): dirty ranges differ")
+        #expect(batch.replace(withSorted: []).isEmpty)
+
+        func extentFor(_ start: UInt64, _ length: UInt64) -> MappedExtent {
+            defer { place += (length + 1) * 4096 }
+            return Self.extent(start, length, place: place, copies: random.chance(0.3) ? 2 : 1, birth: place)
+        }
+    }
+}
