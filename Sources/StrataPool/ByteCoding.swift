@@ -35,13 +35,14 @@ extension ByteReader {
         case current
     }
 
-    func checkHeader(magic: [UInt8], version supported: UInt32) -> HeaderCheck {
+    /// `supported`: the version this build writes; `oldest`: the oldest it still reads.
+    func checkHeader(magic: [UInt8], version supported: UInt32, oldest: UInt32? = nil) -> HeaderCheck {
         if isAllZero { return .empty }
         guard bytes.prefix(8).elementsEqual(magic) else { return .invalid("bad magic") }
         guard checksumMatches else { return .invalid("checksum mismatch") }
         let version = get(UInt32.self, at: 8)
         if version > supported { return .newerVersion(version) }
-        guard version == supported, get(UInt32.self, at: 12) == UInt32(bytes.count) else {
+        guard version >= (oldest ?? supported), get(UInt32.self, at: 12) == UInt32(bytes.count) else {
             return .invalid("bad version \(version) or block size")
         }
         return .current

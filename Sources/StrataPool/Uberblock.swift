@@ -15,7 +15,10 @@
 // Block layout (4096 bytes, little-endian; pinned by golden-bytes tests):
 //
 //   0    8   magic "STRATUBR"
-//   8    4   format version (1)
+//   8    4   format version (2; 1 still read). 2: block pointers anywhere in the pool may
+//            carry two addresses (BlockPointer flags bit 0), which a version-1 reader would
+//            take for a corrupt pointer; so a build that reads only 1 refuses the pool as
+//            newer instead. A pool is written at 2 from its first checkpoint by this build.
 //   12   4   block bytes (4096)
 //   16   16  pool UUID
 //   32   8   checkpoint number (≥ 1)
@@ -49,7 +52,10 @@ public struct SpaceMapRoot: Equatable, Sendable, Codable {
 }
 
 public struct Uberblock: Equatable, Sendable, Codable {
-    public static let formatVersion: UInt32 = 1
+    /// The version written. 2: two-address block pointers may exist (see the layout above).
+    public static let formatVersion: UInt32 = 2
+    /// The oldest version read: 1 has one-address pointers only, a subset of 2.
+    public static let oldestFormatVersionRead: UInt32 = 1
     public static let rootSlotCount = 8
     /// Checkpoint numbers above this are refused as corrupt: at a million checkpoints a second
     /// it is 146,000 years away, and the bound keeps every +1 on a checkpoint number safe.
@@ -126,7 +132,7 @@ public struct Uberblock: Equatable, Sendable, Codable {
     public static func decode(_ block: UnsafeRawBufferPointer) -> SlotContent {
         precondition(block.count == Int(DeviceLayout.uberblockSlotBytes))
         let reader = ByteReader(block)
-        switch reader.checkHeader(magic: magic, version: formatVersion) {
+        switch reader.checkHeader(magic: magic, version: formatVersion, oldest: oldestFormatVersionRead) {
         case .empty: return .empty
         case .invalid(let why): return .invalid(why)
         case .newerVersion(let version): return .newerVersion(version)

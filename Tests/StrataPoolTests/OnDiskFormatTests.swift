@@ -77,7 +77,7 @@ enum GoldenFixtures {
         GoldenFixtures.uberblock().encode(into: block)
         let bytes = UnsafeRawBufferPointer(block)
         #expect(GoldenFixtures.hex(bytes, 0..<64) ==
-            "5354524154554252" + "01000000" + "00100000" + "0807060504030201" + "100f0e0d0c0b0a09"
+            "5354524154554252" + "02000000" + "00100000" + "0807060504030201" + "100f0e0d0c0b0a09"
             + "2a00000000000000" + "15cd853dfe9c9717" + "0300000000000000" + "01" + "00" + "0200" + "00000000")
         // root 0 (intent log): offset 1 MiB, length 4096, birth 41, device 1, crc
         #expect(GoldenFixtures.hex(bytes, 64..<96) ==
@@ -86,7 +86,7 @@ enum GoldenFixtures {
         #expect(GoldenFixtures.hex(bytes, 320..<352) ==
             "01000000" + "44332211" + "08000000" + "00000000" + "00000000" + "88776655" + "02000000" + "00000000")
         #expect(bytes[352..<4092].allSatisfy { $0 == 0 })
-        #expect(GoldenFixtures.hex(bytes, 4092..<4096) == "36f9980f", "stored checksum moved: the layout changed")
+        #expect(GoldenFixtures.hex(bytes, 4092..<4096) == "22a22e9a", "stored checksum moved: the layout changed")
     }
 
     @Test func uberblockRoundTrips() {
@@ -94,6 +94,23 @@ enum GoldenFixtures {
         defer { block.deallocate() }
         GoldenFixtures.uberblock().encode(into: block)
         #expect(Uberblock.decode(UnsafeRawBufferPointer(block)) == .valid(GoldenFixtures.uberblock()))
+    }
+
+    /// Version 1 (one-address pointers only, written before two-address pointers existed) is
+    /// still read; version 0 is not a version.
+    @Test func uberblockVersionOneIsStillReadAndZeroIsNot() {
+        let block = UnsafeMutableRawBufferPointer.allocate(byteCount: 4096, alignment: 4096)
+        defer { block.deallocate() }
+        GoldenFixtures.uberblock().encode(into: block)
+        ByteWriter(block).put(UInt32(1), at: 8)
+        ByteWriter(block).sealWithChecksum()
+        #expect(Uberblock.decode(UnsafeRawBufferPointer(block)) == .valid(GoldenFixtures.uberblock()))
+        ByteWriter(block).put(UInt32(0), at: 8)
+        ByteWriter(block).sealWithChecksum()
+        if case .valid = Uberblock.decode(UnsafeRawBufferPointer(block)) { Issue.record("version 0 read as valid") }
+        ByteWriter(block).put(UInt32(3), at: 8)
+        ByteWriter(block).sealWithChecksum()
+        #expect(Uberblock.decode(UnsafeRawBufferPointer(block)) == .newerVersion(3))
     }
 
     @Test func newerVersionIsRefusedNotMisread() {

@@ -273,8 +273,8 @@ enum ReviewFindings {
 
     // MARK: Newer format next to an older one
 
-    /// A newer build's uberblock (format 2) is the newest in the ring; the older v1 uberblocks of
-    /// the same pool are still in their slots. Import must refuse ("format version N is newer
+    /// A newer build's uberblock (a format past this build's) is the newest in the ring; the
+    /// older uberblocks of the same pool are still in their slots. Import must refuse ("format version N is newer
     /// than this build reads"), not roll the pool back to the newest v1 checkpoint — and a
     /// read-write import must not overwrite the newer build's state.
     @Test func importRefusesPoolWhoseNewestUberblockIsOfANewerFormat() throws {
@@ -282,11 +282,12 @@ enum ReviewFindings {
         let layout = pool.configuration.members[0].layout
         let newest = pool.uberblock
         #expect(newest.checkpoint == 4)
-        R.writeUberblock(newest, layout: layout, device: device) { block in ByteWriter(block).put(UInt32(2), at: 8) }
+        let newer = Uberblock.formatVersion + 1
+        R.writeUberblock(newest, layout: layout, device: device) { block in ByteWriter(block).put(newer, at: 8) }
 
         do {
             let imported = try Pool.importPool(devices: [device.clone()], readOnly: true)
-            Issue.record("read-only import succeeded at checkpoint \(imported.uberblock.checkpoint), ignoring a format-2 uberblock 4")
+            Issue.record("read-only import succeeded at checkpoint \(imported.uberblock.checkpoint), ignoring a format-\(newer) uberblock 4")
         } catch let error as PoolError {
             guard case .unsupportedVersion = error else { Issue.record("unexpected error \(error)"); return }
         }
