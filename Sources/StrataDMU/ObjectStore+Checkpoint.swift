@@ -454,7 +454,7 @@ extension ObjectStore {
                 pageRuns.append(PageRun(object: object, chunks: Array(chunks[index..<batchEnd]), pages: pages, copies: copies))
                 index = batchEnd
             }
-            for freed in map.replace(withSorted: runExtents) { pool.allocator.free(freed) }
+            pool.allocator.free(map.replace(withSorted: runExtents))     // the old places, one lock trip
             try flushMap(map, of: &dnode)
         }
         dnodes.update(dnode, dirtyIn: checkpoint)

@@ -388,6 +388,18 @@ public final class PoolAllocator: Sendable {
         }
     }
 
+    /// Frees many extents (deferred) in one trip through the allocator's lock: a checkpoint frees
+    /// the old places of every page it maps.
+    public func free(_ extents: [Extent]) {
+        guard !extents.isEmpty else { return }
+        state.withLock { state in
+            for extent in extents {
+                let slot = state.slot(of: extent.deviceIndex)
+                state.maps[slot].deferFree(offsetBytes: extent.offsetBytes, lengthBytes: extent.lengthBytes, checkpoint: state.openCheckpoint)
+            }
+        }
+    }
+
     /// Frees every copy of an allocation (deferred).
     public func free(_ copies: ExtentCopies) {
         state.withLock { state in
