@@ -8,7 +8,10 @@
 // cannot fail), no metadata headroom, or a throttle wait that times out — each before anything
 // changed. Then it takes a hold on the open checkpoint (the checkpoint switch waits for holds to
 // drop) and the declared objects' stripe locks in ascending stripe order, and keeps both until
-// `stop`. An operation that was not declared is a programmer error and traps. An operation that
+// `stop`. The hold carries the open checkpoint's number (`tag`), which every change the
+// transaction makes is tagged with. The common case (no data extents, nothing to wait for) is
+// admitted in one trip through the store's state lock (`ObjectStore.admitQuickly`); anything
+// else goes the long way, which waits or fails as each bound needs. An operation that was not declared is a programmer error and traps. An operation that
 // fails validation throws and changes nothing; the transaction stays usable and must still be
 // stopped. `stop` appends the records of the operations that succeeded as one log group and
 // returns without waiting; `onCommit` fires once they are durable.
