@@ -119,7 +119,9 @@ public struct LogStatistics: Sendable, Equatable {
 }
 
 public final class IntentLog: @unchecked Sendable {
-    /// Called once the record with this LSN is durable (on the writer's thread, in LSN order).
+    /// Called once the record with this LSN is durable, in LSN order: on the completer thread
+    /// (dedicated-writer mode; it runs at `LogSettings.completerNice`, which a thread created in
+    /// the callback inherits) or on the thread that led the batch (`callerLeads`). Keep it short.
     public typealias CommitCallback = @Sendable (LSN) -> Void
     /// Called (on the writer's thread, outside the log's lock) when the log wants a checkpoint.
     /// Must not wait for the log: hand the request to the checkpoint thread.
