@@ -30,7 +30,8 @@ public struct DeviceLabels: Sendable {
     }
     public private(set) var damagedSlots: [DamagedSlot] = []
     /// A format version newer than this build reads, when one was seen.
-    public private(set) var newerVersion: (what: String, version: UInt32)? = nil
+    /// `supported`: the newest version of that kind of block this build reads.
+    public private(set) var newerVersion: (what: String, version: UInt32, supported: UInt32)? = nil
 
     /// The newest valid configuration on this device.
     public var newestConfiguration: (configuration: PoolConfiguration, deviceIndex: Int)? {
@@ -84,7 +85,7 @@ public struct DeviceLabels: Sendable {
                     damagedSlots.append(DamagedSlot(labelOffset: labelOffset, isConfiguration: true, slot: slot))
                 }
             case .newerVersion(let version):
-                newerVersion = ("label configuration", version)
+                newerVersion = ("label configuration", version, PoolConfiguration.formatVersion)
                 damage.append("\(name) label configuration slot \(slot): format version \(version)")
             case .valid(let configuration, let deviceIndex):
                 // Generation g lives in slot g % 2; elsewhere it could be overwritten by a change.
@@ -107,7 +108,7 @@ public struct DeviceLabels: Sendable {
                     damagedSlots.append(DamagedSlot(labelOffset: labelOffset, isConfiguration: false, slot: slot))
                 }
             case .newerVersion(let version):
-                newerVersion = ("uberblock", version)
+                newerVersion = ("uberblock", version, Uberblock.formatVersion)
                 damage.append("\(name) label uberblock slot \(slot): format version \(version)")
             case .valid(let uberblock):
                 if Int(uberblock.checkpoint % UInt64(DeviceLayout.uberblockSlotCount)) == slot {

@@ -92,7 +92,7 @@ extension Pool {
                 }
                 if let newer = labels.newerVersion {
                     throw .unsupportedVersion(path: device.storage.path, what: newer.what, version: newer.version,
-                                              supported: PoolConfiguration.formatVersion)
+                                              supported: newer.supported)
                 }
             }
         }

@@ -84,7 +84,7 @@ extension Pool {
             if read.newestConfiguration == nil {
                 if let newer = read.newerVersion {
                     throw .unsupportedVersion(path: device.path, what: newer.what, version: newer.version,
-                                              supported: PoolConfiguration.formatVersion)
+                                              supported: newer.supported)
                 }
                 throw .noLabel(path: device.path, detail: read.damage.isEmpty ? "no Strata label found" : read.damage.joined(separator: "; "))
             }
@@ -121,7 +121,7 @@ extension Pool {
         for (index, deviceLabels) in labels.enumerated() {
             if let newer = deviceLabels.newerVersion {
                 throw .unsupportedVersion(path: devices[index].path, what: newer.what, version: newer.version,
-                                          supported: PoolConfiguration.formatVersion)
+                                          supported: newer.supported)
             }
         }
 

@@ -277,6 +277,11 @@ enum ReviewFindings {
     /// older uberblocks of the same pool are still in their slots. Import must refuse ("format version N is newer
     /// than this build reads"), not roll the pool back to the newest v1 checkpoint — and a
     /// read-write import must not overwrite the newer build's state.
+    /// The refusal names the uberblock's own supported version, not the configuration's.
+    static func expectNamesTheUberblocksVersion(_ text: String, newer: UInt32) {
+        #expect(text.contains("uberblock format version \(newer)") && text.contains("reads (\(Uberblock.formatVersion))"), "\(text)")
+    }
+
     @Test func importRefusesPoolWhoseNewestUberblockIsOfANewerFormat() throws {
         let (pool, device) = try R.soloPool(commits: 3)
         let layout = pool.configuration.members[0].layout
@@ -290,6 +295,7 @@ enum ReviewFindings {
             Issue.record("read-only import succeeded at checkpoint \(imported.uberblock.checkpoint), ignoring a format-\(newer) uberblock 4")
         } catch let error as PoolError {
             guard case .unsupportedVersion = error else { Issue.record("unexpected error \(error)"); return }
+            Self.expectNamesTheUberblocksVersion(error.description, newer: newer)
         }
         do {
             let imported = try Pool.importPool(devices: [device], readOnly: false)
