@@ -334,6 +334,8 @@ extension ObjectStore {
             }
             stateLock.withLock { reserveLentToCheckpoint = false }
             fail("checkpoint \(checkpoint) could not be cut: \(error)")
+            // The cut allocated places and deferred frees the pool must never commit.
+            pool.suspend(reason: "object store checkpoint \(checkpoint) could not be cut: \(error)")
             throw error
         }
         // 6. Resume. Every allocation of this checkpoint is made (pages placed, metadata staged,

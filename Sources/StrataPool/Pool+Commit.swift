@@ -77,6 +77,16 @@ extension Pool {
         }
     }
 
+    /// Suspends the pool: the layer above changed the allocator's state (allocations, frees) for
+    /// a checkpoint it then could not cut, so the in-memory state no longer matches anything it
+    /// will commit. Every later commit (checkpoints, export, policy changes) is refused until a
+    /// re-import, which starts from the last committed root.
+    public func suspend(reason: String) {
+        state.withLock { state in
+            if state.failure == nil { state.failure = reason }
+        }
+    }
+
     /// True after a failed or abandoned commit: every later commit is refused until a re-import.
     public var isSuspended: Bool { state.withLock { $0.failure != nil } }
 

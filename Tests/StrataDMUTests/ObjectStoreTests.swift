@@ -373,3 +373,37 @@ extension ObjectStoreSpaceTests {
         try store.close()
     }
 }
+
+/// A checkpoint that fails while it is being cut (here: the log head cannot be written) has
+/// changed the allocator's state for a root it will never commit: the pool must be suspended,
+/// so no later commit (another checkpoint, an export) writes that state, and a re-import starts
+/// from the last committed checkpoint with nothing lost.
+@Suite struct CheckpointCutFailureTests {
+    @Test func aCutThatFailsSuspendsThePoolAndReimportLosesNothingDurable() throws {
+        let devices = StoreTestSupport.devices()
+        let log = FaultyDevice(wrapping: devices[2], faults: .init())
+        let pool = try Pool.create(name: "cutfail", devices: [(devices[0], .data), (devices[1], .metadata), (log, .log)])
+        let store = try ObjectStore.open(pool: pool, settings: StoreTestSupport.settings())
+        let transaction = store.transaction()
+        let object = transaction.declareCreate()
+        transaction.declareWrite(object, offset: 0, length: 4096)
+        try transaction.start()
+        try transaction.create(object, type: .regular)
+        try transaction.write(object, at: 0, StoreTestSupport.pattern(4096, seed: 3))
+        try transaction.stop()
+        try store.log!.sync()                           // durable in the log
+        #expect(!pool.isSuspended)
+
+        log.vanish()                                    // the log head of the next checkpoint cannot be written
+        #expect(throws: ObjectStoreError.self) { try store.checkpoint() }
+        #expect(pool.isSuspended, "a checkpoint that failed at its cut left the pool committable")
+        #expect(throws: PoolError.self) { try pool.export() }
+        try? store.close()
+
+        // The devices as they are: the transaction is in the log, the root is the one before.
+        let reopened = try StoreTestSupport.reopen(devices)
+        let read = try reopened.read(object, at: 0, length: 4096)
+        #expect(read == StoreTestSupport.pattern(4096, seed: 3))
+        try reopened.close()
+    }
+}
