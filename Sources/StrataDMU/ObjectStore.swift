@@ -86,7 +86,12 @@ public struct ObjectStoreSettings: Sendable, Equatable {
     /// a pool of 32 GiB or more with the automatic reserve. 1 GiB, as ZFS's dirty-data bound
     /// (10 % of memory, up to 4 GiB): a checkpoint that covers more overwrites of the same blocks
     /// writes each home once — with 256 MiB, 4 KiB overwrites over 400 MiB of objects wrote
-    /// 0.85 pages home per overwrite; with this bound 0.5 (`strata-perf dmu`).
+    /// 0.85 pages home per overwrite; with this bound 0.5 (`strata-perf dmu`). The cost is
+    /// memory: up to the bound in force of resident 4 KiB pages per store (plus ~100 bytes of
+    /// bookkeeping each), and a replay after a crash rebuilds as many (it applies the whole log
+    /// before any checkpoint), so an importer needs that much memory too. Lower it for many
+    /// stores per process or small machines; the checkpoint switch also places up to half of it
+    /// while transactions wait (~25 ms for 270 MiB of pages here).
     public var dirtyBytesMax: Int = 1 << 30
     /// A checkpoint starts when dirty pages reach this percentage of `dirtyBytesMax`.
     public var checkpointDirtyPercent: Int = 50
