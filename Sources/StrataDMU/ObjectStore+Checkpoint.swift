@@ -237,15 +237,7 @@ extension ObjectStore {
     // MARK: The background thread
 
     func startCheckpointThread() {
-        let context = Unmanaged.passRetained(self).toOpaque()
-        var thread = pthread_t()
-        let result = pthread_create(&thread, nil, { context in
-            let store = Unmanaged<ObjectStore>.fromOpaque(context!).takeRetainedValue()
-            store.checkpointLoop()
-            return nil
-        }, context)
-        precondition(result == 0, "pthread_create for the checkpoint thread failed: \(result)")
-        checkpointThread = thread
+        checkpointThread = ThreadSetup.start("the checkpoint thread") { self.checkpointLoop() }
     }
 
     func checkpointLoop() {

@@ -271,29 +271,14 @@ public final class IntentLog: @unchecked Sendable {
 
     func startWriter() {
         guard settings.writer == .dedicatedThread else { return }
-        let context = Unmanaged.passRetained(self).toOpaque()
-        var thread = pthread_t()
-        let result = pthread_create(&thread, nil, { context in
-            let log = Unmanaged<IntentLog>.fromOpaque(context!).takeRetainedValue()
-            log.writerLoop()
-            return nil
-        }, context)
-        precondition(result == 0, "pthread_create for the log writer failed: \(result)")
-        writerThread = thread
+        // The spare callback arrays exist before the writer can reach for them.
         for _ in 0..<3 {
             var spare: [(lsn: LSN, callback: CommitCallback)] = []
             spare.reserveCapacity((settings.batchBytesMax - LogBlock.headerBytes) / LogBlock.recordHeaderBytes)
             spareCallbackArrays.append(spare)
         }
-        let completerContext = Unmanaged.passRetained(self).toOpaque()
-        var completer = pthread_t()
-        let completerResult = pthread_create(&completer, nil, { context in
-            let log = Unmanaged<IntentLog>.fromOpaque(context!).takeRetainedValue()
-            log.completerLoop()
-            return nil
-        }, completerContext)
-        precondition(completerResult == 0, "pthread_create for the log completer failed: \(completerResult)")
-        completerThread = completer
+        writerThread = ThreadSetup.start("the log writer") { self.writerLoop() }
+        completerThread = ThreadSetup.start("the log completer") { self.completerLoop() }
     }
 
     // MARK: Public API
