@@ -77,7 +77,7 @@ func hex(_ bytes: some Sequence<UInt8>) -> String { bytes.map { String(format: "
             + "0900000000000000" + "02000000" + "0000100000000000" + "efbeadde" // birth 9, device 2, offset 1 MiB, crc
         #expect(body == expectedBody)
         #expect(bytes[(176 + 59)...].allSatisfy { $0 == 0 })
-        #expect(try Dnode.decode(bytes.withUnsafeBytes { UnsafeRawBufferPointer($0) }, object: 0x1234) == dnode)
+        #expect(try bytes.withUnsafeBytes { raw in try Dnode.decode(raw, object: 0x1234) } == dnode)
     }
 
     @Test func roundTripWithInlineAndOverflowXattrs() throws {
@@ -95,7 +95,7 @@ func hex(_ bytes: some Sequence<UInt8>) -> String { bytes.map { String(format: "
         #expect(!dnode.systemAttributes.overflowBlock.isNull && store.liveBlockCount == 1)
 
         let slot = dnode.encoded()
-        var decoded = try #require(try Dnode.decode(slot.withUnsafeBytes { UnsafeRawBufferPointer($0) }, object: 77))
+        var decoded = try #require(try slot.withUnsafeBytes { raw in try Dnode.decode(raw, object: 77) })
         #expect(decoded == dnode)
         #expect(try decoded.xattr("trusted.lma", store: store) == LustreXattrs.lma)
         #expect(try decoded.xattr("trusted.fid", store: store) == LustreXattrs.fid)
@@ -113,7 +113,7 @@ func hex(_ bytes: some Sequence<UInt8>) -> String { bytes.map { String(format: "
         #expect(slot[6] == 1, "tree flag")
         #expect(hex(slot[104 ..< 136]) == "0000004000000000" + "0040000000000000" + "0c00000000000000" + "0100" + "0000" + "cdab0000",
                 "the pool's canonical pointer form: offset, length, birth, device, 0, crc32c")
-        let decoded = try Dnode.decode(slot.withUnsafeBytes { UnsafeRawBufferPointer($0) }, object: 5)
+        let decoded = try slot.withUnsafeBytes { raw in try Dnode.decode(raw, object: 5) }
         #expect(decoded?.extentMap == .tree(root))
         #expect(decoded?.referencedBlocks == [root])
     }

@@ -32,7 +32,7 @@ import StrataPool
         let second = dnode.systemAttributes.overflowBlock
         #expect(second != first && store.liveBlockCount == 1, "old block freed, new one written")
         // Reload from the slot and remove both: the block goes.
-        var reloaded = try #require(try Dnode.decode(dnode.encoded().withUnsafeBytes { UnsafeRawBufferPointer($0) }, object: 4))
+        var reloaded = try #require(try dnode.encoded().withUnsafeBytes { raw in try Dnode.decode(raw, object: 4) })
         #expect(try reloaded.removeXattr("user.a", store: store))
         #expect(try !reloaded.removeXattr("user.a", store: store))
         #expect(try reloaded.xattr("user.b", store: store) == [UInt8](repeating: 3, count: 3000))
