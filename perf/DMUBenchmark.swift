@@ -60,6 +60,8 @@ struct DMUBenchmark: ParsableCommand {
     var replayBytes: String?
     @Flag(help: "Skip fio (no ratios): for A/B runs of Strata alone and profiling.")
     var noFio = false
+    @Flag(help: "Discard the space checkpoints free (ObjectStoreSettings.discardFreedSpace; off by default).")
+    var discard = false
     @Option(name: .customLong("precondition"), help: "Bytes of incompressible data written at the start of the target before the first round, so both sides run on memory zram already holds (default 4G on zram, capped at half the target; 0 on files; 0 skips).")
     var preconditionSize: String?
 
@@ -261,6 +263,7 @@ struct DMUBenchmark: ParsableCommand {
             settings.dirtyBytesMax = 1 << 30
             settings.checkpointReserveBytes = min(sizeBytes / 3, fillBytes * 3 / 2 + (128 << 20)) / (1 << 20) * (1 << 20)
         }
+        settings.discardFreedSpace = discard
         return settings
     }
 

@@ -34,6 +34,7 @@ extension ObjectStore {
             problems.append(MetadataStoreError.tooManyCopies(pool: pool.name, copies: metadataCopies, copiesMax: BlockPointer.copiesMax).description)
         }
         guard problems.isEmpty else { throw .invalidSettings(problems) }
+        if !pool.isReadOnly { pool.discardsFreedSpace = settings.discardFreedSpace }
         let uberblock = pool.uberblock
         let metadata = StagedMetadataStore(pool: pool)
         let indexCache = IndexNodeCache(budgetBytes: settings.indexNodeCacheBytes)

@@ -39,7 +39,10 @@
 //   - `callbacksBeforeDurable`: the log fires commit callbacks after writing a batch but before
 //     its flush (`LogSettings.firesCallbacksBeforeDurable`, SPI LogTesting);
 //   - `dataFlushIgnored`: the data device acknowledges flushes without making anything durable,
-//     the crash states of a store that skipped the data flush before a large write's record.
+//     the crash states of a store that skipped the data flush before a large write's record;
+//   - `discardAtFree`: every extent is discarded as soon as it is freed, before the transaction
+//     or checkpoint that frees it is durable (`Pool.discardAtFreeForTesting`, SPI CrashTesting):
+//     the naive trim. The recorder models a discard as a write of zeros that may or may not land.
 
 import StrataDMU
 import StrataIO
@@ -74,11 +77,13 @@ public struct DMUCrashSystem: SystemUnderTest, Sendable {
     public enum Bug: String, Sendable, CaseIterable {
         case callbacksBeforeDurable = "callbacks-before-durable"
         case dataFlushIgnored = "data-flush-ignored"
+        case discardAtFree = "discard-at-free"
 
         public var summary: String {
             switch self {
             case .callbacksBeforeDurable: return "the log fires commit callbacks before the batch's flush"
             case .dataFlushIgnored: return "the data device acknowledges flushes without making anything durable"
+            case .discardAtFree: return "freed space is discarded at once, before what frees it is durable"
             }
         }
     }
@@ -96,21 +101,25 @@ public struct DMUCrashSystem: SystemUnderTest, Sendable {
     /// callbacks acknowledge from the completer, so images differ from run to run and a printed
     /// address may not replay — but every image is still checked against the contract.
     public let writer: LogSettings.Writer
+    /// `ObjectStoreSettings.discardFreedSpace`: checkpoints discard the space they release.
+    public let discard: Bool
     public let bug: Bug?
 
     public init(durability: LogSettings.Durability = .fua, metadataCopies: Int = 1, writer: LogSettings.Writer = .callerLeads,
-                bug: Bug? = nil) {
+                discard: Bool = false, bug: Bug? = nil) {
         precondition(metadataCopies == 1 || metadataCopies == 2, "metadataCopies \(metadataCopies)")
         self.durability = durability
         self.metadataCopies = metadataCopies
         self.writer = writer
+        self.discard = discard
         self.bug = bug
     }
 
     public var name: String {
         "object store (log \(durability == .fua ? "fua" : "write+flush")"
             + (metadataCopies > 1 ? ", copies.metadata=\(metadataCopies) on two metadata devices" : "")
-            + (writer == .dedicatedThread ? ", writer and completer threads" : "") + ")"
+            + (writer == .dedicatedThread ? ", writer and completer threads" : "")
+            + (discard ? ", freed space discarded" : "") + ")"
             + (bug.map { " with bug \($0.rawValue)" } ?? "")
     }
 
@@ -135,6 +144,7 @@ public struct DMUCrashSystem: SystemUnderTest, Sendable {
         settings.log.firesCallbacksBeforeDurable = bug == .callbacksBeforeDurable
         settings.dirtyBytesMax = 2 << 20
         settings.throttleWaitNsMax = 5_000_000_000
+        settings.discardFreedSpace = discard
         return settings
     }
 
@@ -164,6 +174,7 @@ public struct DMUCrashSystem: SystemUnderTest, Sendable {
             if bug == .dataFlushIgnored { wrapped[0] = FlushFaultDevice(devices[0], fault: .flushIgnored) }
             let instance = DMUCrashInstance(devices: wrapped)
             let pool = try Pool.importPool(devices: wrapped, name: DMUCrashSystem.poolName)
+            if bug == .discardAtFree { pool.discardAtFreeForTesting() }
             instance.store = try ObjectStore.open(pool: pool, settings: settings)
             return instance
         case .check:

@@ -22,6 +22,8 @@
 //   dmu-random-threaded  dmu-random with the production log writer (a writer thread and a
 //                     completer thread acknowledging from callbacks): not deterministic (a
 //                     printed address may not replay), every image checked all the same.
+//   dmu-random-discard  dmu-random with `discardFreedSpace`: each checkpoint discards the space
+//                     it makes reusable (recorded as zeros that may or may not land).
 //   dmu-small         ~20 transactions without large writes or big xattrs: cheap images, many
 //                     per second (the CI budget).
 //   dmu-ace           ACE-style: after a fixed setup, every sequence of at most 2 transactions of
@@ -47,6 +49,8 @@ extension DMUCrashSystem {
                          workload: randomWorkload(name: "dmu-random-ditto", transactions: 28, large: true)),
         DMUCrashWorkload(system: DMUCrashSystem(writer: .dedicatedThread),
                          workload: randomWorkload(name: "dmu-random-threaded", transactions: 28, large: true)),
+        DMUCrashWorkload(system: DMUCrashSystem(discard: true),
+                         workload: randomWorkload(name: "dmu-random-discard", transactions: 28, large: true)),
         DMUCrashWorkload(system: DMUCrashSystem(), workload: randomWorkload(name: "dmu-small", transactions: 20, large: false)),
         DMUCrashWorkload(system: DMUCrashSystem(), workload: aceWorkload()),
     ]

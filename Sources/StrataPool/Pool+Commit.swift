@@ -8,6 +8,10 @@
 
 import StrataIO
 
+#if canImport(Glibc)
+import Glibc
+#endif
+
 extension Pool {
     /// Commits a checkpoint: changed space maps, a flush of every device, then a new uberblock
     /// (written, then flushed). `roots` replaces the root pointers of the layers above (nil keeps them). Returns the
@@ -206,8 +210,43 @@ extension Pool {
             if case .failure(let error) = result { throw .io(error) }
         }
         state.uberblock = uberblock
-        // 5. The frees of the previous checkpoint may now be reused.
-        allocator.checkpointDurable(checkpoint)
+        // 5. The frees of the previous checkpoint may now be reused: no checkpoint the pool may
+        //    import references them (N is durable; N−1, the fallback, freed them). With
+        //    `discardsFreedSpace` they are discarded first, while still unallocatable, so no
+        //    write can land in a range before its discard.
+        if state.discard.enabled && !isReadOnly {
+            allocator.checkpointDurable(checkpoint) { deviceIndex, ranges in
+                discard(ranges, deviceIndex: deviceIndex, &state.discard)
+            }
+        } else {
+            allocator.checkpointDurable(checkpoint)
+        }
+    }
+
+    /// Discards freed ranges of one device. Never fails the commit: a device that does not
+    /// support discard is skipped from then on (one log line); another failure is counted and
+    /// the first one logged.
+    private func discard(_ ranges: [Range<UInt64>], deviceIndex: Int, _ discard: inout DiscardState) {
+        guard !discard.unsupported.contains(deviceIndex) else { return }
+        let device = devices[deviceIndex]
+        for range in ranges {
+            do {
+                try device.discard(offset: range.lowerBound, length: range.upperBound - range.lowerBound)
+                discard.statistics.ranges += 1
+                discard.statistics.bytes += range.upperBound - range.lowerBound
+            } catch {
+                if case .system(_, _, let code) = error, code == EOPNOTSUPP || code == ENOTTY || code == ENOSYS {
+                    discard.unsupported.insert(deviceIndex)
+                    discard.statistics.unsupportedDevices = discard.unsupported.sorted()
+                    Diagnostics.log("strata pool: \(device.path) does not support discard (\(error)); freed space on it is no longer discarded")
+                    return
+                }
+                if discard.statistics.failures == 0 {
+                    Diagnostics.log("strata pool: a discard of freed space failed (\(error)); the space is free all the same, later failures are only counted")
+                }
+                discard.statistics.failures += 1
+            }
+        }
     }
 
     /// Writes `configuration` into its slot (generation % 2) of both labels of one device.

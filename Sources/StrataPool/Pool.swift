@@ -18,7 +18,10 @@
 //   3. every device is flushed: all that uberblock N will point to is now durable;
 //   4. uberblock N is written into slot N % 32 of both labels of every device, and each device
 //      is flushed (steps 3 and 4 run on all devices side by side: DeviceFanOut.swift);
-//   5. the allocator learns that N is durable and releases the frees of N-1.
+//   5. the allocator learns that N is durable and releases the frees of N-1 — with
+//      `discardsFreedSpace`, after discarding them while they are still unallocatable. They are
+//      referenced only by checkpoints older than the fallback N-1, so a discard destroys nothing
+//      an import could need, exactly as reusing the space would not.
 // A crash before step 4 completes on at least one device leaves uberblock N-1 the newest valid
 // one, and everything it names is intact (its space-map copy was not written, its configuration
 // slot was not overwritten). A crash during step 4 may tear N on some devices; torn copies fail
@@ -29,6 +32,20 @@
 
 import StrataIO
 import Synchronization
+
+/// Counters of the discards of freed space (`Pool.discardsFreedSpace`).
+public struct DiscardStatistics: Sendable, Equatable {
+    /// Ranges discarded (adjacent frees merged) and their bytes.
+    public var ranges = 0
+    public var bytes: UInt64 = 0
+    /// Discards that failed for another reason than "not supported" (the space is free all the
+    /// same: a discard is advice to the device, never needed for correctness).
+    public var failures = 0
+    /// Device indices that do not support discard (asked once, then skipped).
+    public var unsupportedDevices: [Int] = []
+
+    public init() {}
+}
 
 public final class Pool: Sendable {
     /// The devices, indexed like `configuration.members`.
@@ -49,6 +66,15 @@ public final class Pool: Sendable {
         var failure: String? = nil
         /// The checkpoint `prepareCheckpoint` cut and `commitPrepared` has not committed yet.
         var preparedCheckpoint: UInt64? = nil
+        var discard = DiscardState()
+    }
+
+    /// Discards of freed space (Pool+Commit.swift, step 5).
+    struct DiscardState: Sendable {
+        var enabled = false
+        var statistics = DiscardStatistics()
+        /// Devices that refused a discard as unsupported: not asked again while the pool is open.
+        var unsupported: Set<Int> = []
     }
 
     struct LabelDamage: Sendable {
@@ -72,6 +98,31 @@ public final class Pool: Sendable {
     public var uuid: PoolUUID { configuration.uuid }
     /// The newest committed uberblock.
     public var uberblock: Uberblock { state.withLock { $0.uberblock } }
+
+    /// Whether space that checkpoints free is discarded before it can be reused: BLKDISCARD on
+    /// block devices, a punched hole in files (Pool+Commit.swift, step 5). Off by default, as
+    /// ZFS's autotrim and BlueStore's bdev_enable_discard: a discard costs a system call per
+    /// freed range on the checkpoint thread, and some SSDs are slow at it. Turn it on for thin or
+    /// memory-backed devices (zram keeps the memory of every sector ever written until it is
+    /// discarded or rewritten) and SSDs that benefit from TRIM. In memory only, for this open
+    /// pool (`ObjectStoreSettings.discardFreedSpace` sets it at open); ignored on a read-only pool.
+    public var discardsFreedSpace: Bool {
+        get { state.withLock { $0.discard.enabled } }
+        set { state.withLock { $0.discard.enabled = newValue } }
+    }
+
+    /// What the discards of freed space did since import.
+    public var discardStatistics: DiscardStatistics { state.withLock { $0.discard.statistics } }
+
+    /// Planted bug for the crash tests' failure proof: every extent is discarded as it is freed,
+    /// before the transaction or checkpoint that frees it is durable, so a crash can leave a
+    /// durable block zeroed. Never call outside tests.
+    @_spi(CrashTesting) public func discardAtFreeForTesting() {
+        let devices = self.devices
+        allocator.observeFreesForTesting { extent in
+            try? devices[extent.deviceIndex].discard(offset: extent.offsetBytes, length: extent.lengthBytes)
+        }
+    }
 
     static func nowNs() -> UInt64 {
         var time = timespec()

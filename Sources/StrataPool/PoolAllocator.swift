@@ -46,7 +46,8 @@
 //                             durable view at the cut (allocated minus pending frees minus held).
 //                             Write them, then the uberblock of N. Traps when the previous
 //                             checkpoint is not durable yet (one checkpoint in flight, as a txg).
-//   checkpointDurable(N)      N's uberblock is durable: the frees of N−1 become allocatable. Traps
+//   checkpointDurable(N)      N's uberblock is durable: the frees of N−1 become allocatable (with
+//                             `discarding:`, after a callback has discarded them). Traps
 //                             unless N is the checkpoint last begun and follows the last durable.
 // So space freed in checkpoint N is allocatable only once N+1 is durable (DESIGN.md). On import,
 // construct with `openCheckpoint: lastDurable + 1`, load every bitmap block, then replay the log
@@ -195,6 +196,8 @@ public final class PoolAllocator: Sendable {
         // Scratch, capacity kept (no allocation per request).
         var candidates: [Int] = []
         var placements: [Placement] = []
+        /// Crash tests' planted bug only (`observeFreesForTesting`).
+        var freeObserver: (@Sendable (Extent) -> Void)?
     }
 
     public let devices: [AllocatorDevice]
@@ -284,11 +287,36 @@ public final class PoolAllocator: Sendable {
     /// Checkpoint `checkpoint` is durable: the frees of the checkpoint before it become allocatable.
     public func checkpointDurable(_ checkpoint: UInt64) {
         state.withLock { state in
-            precondition(checkpoint == state.lastClosedCheckpoint && checkpoint == state.lastDurableCheckpoint + 1,
-                         "checkpointDurable(\(checkpoint)) out of order: last begun \(state.lastClosedCheckpoint), last durable \(state.lastDurableCheckpoint)")
-            state.lastDurableCheckpoint = checkpoint
+            Self.markDurable(&state, checkpoint)
             for map in state.maps { map.releaseDeferred(throughCheckpoint: checkpoint - 1) }
         }
+    }
+
+    /// `checkpointDurable`, with the space about to become allocatable handed to `discard` first,
+    /// per device (its `AllocatorDevice.index`; byte ranges ascending, adjacent frees merged),
+    /// outside the lock: the space is referenced by no durable checkpoint the pool may still
+    /// import (the same reason it may be reused), and nothing can be allocated in it until
+    /// `discard` has returned for every device. Allocations and frees go on meanwhile. The caller
+    /// serializes checkpoints (the pool commits under its state lock), so no later checkpoint
+    /// releases this space while it is being discarded.
+    public func checkpointDurable(_ checkpoint: UInt64, discarding discard: (_ deviceIndex: Int, _ ranges: [Range<UInt64>]) -> Void) {
+        let pending = state.withLock { state -> [(Int, [Range<UInt64>])] in
+            Self.markDurable(&state, checkpoint)
+            return state.maps.indices.map { slot in
+                (state.devices[slot].index, state.maps[slot].pendingFreeRanges(throughCheckpoint: checkpoint - 1))
+            }
+        }
+        for (deviceIndex, ranges) in pending where !ranges.isEmpty { discard(deviceIndex, ranges) }
+        state.withLock { state in
+            precondition(state.lastDurableCheckpoint == checkpoint, "checkpoint \(state.lastDurableCheckpoint) became durable while \(checkpoint)'s frees were being discarded")
+            for map in state.maps { map.releaseDeferred(throughCheckpoint: checkpoint - 1) }
+        }
+    }
+
+    private static func markDurable(_ state: inout State, _ checkpoint: UInt64) {
+        precondition(checkpoint == state.lastClosedCheckpoint && checkpoint == state.lastDurableCheckpoint + 1,
+                     "checkpointDurable(\(checkpoint)) out of order: last begun \(state.lastClosedCheckpoint), last durable \(state.lastDurableCheckpoint)")
+        state.lastDurableCheckpoint = checkpoint
     }
 
     // MARK: Allocation
@@ -382,32 +410,45 @@ public final class PoolAllocator: Sendable {
     /// Frees an extent in the open checkpoint (deferred). Traps on a free of space that is not
     /// allocated, crosses a reserved range or (debug builds) is already freed.
     public func free(_ extent: Extent) {
-        state.withLock { state in
+        let observer = state.withLock { state in
             let slot = state.slot(of: extent.deviceIndex)
             state.maps[slot].deferFree(offsetBytes: extent.offsetBytes, lengthBytes: extent.lengthBytes, checkpoint: state.openCheckpoint)
+            return state.freeObserver
         }
+        observer?(extent)
     }
 
     /// Frees many extents (deferred) in one trip through the allocator's lock: a checkpoint frees
     /// the old places of every page it maps.
     public func free(_ extents: [Extent]) {
         guard !extents.isEmpty else { return }
-        state.withLock { state in
+        let observer = state.withLock { state in
             for extent in extents {
                 let slot = state.slot(of: extent.deviceIndex)
                 state.maps[slot].deferFree(offsetBytes: extent.offsetBytes, lengthBytes: extent.lengthBytes, checkpoint: state.openCheckpoint)
             }
+            return state.freeObserver
         }
+        if let observer { for extent in extents { observer(extent) } }
     }
 
     /// Frees every copy of an allocation (deferred).
     public func free(_ copies: ExtentCopies) {
-        state.withLock { state in
+        let observer = state.withLock { state in
             for extent in copies {
                 let slot = state.slot(of: extent.deviceIndex)
                 state.maps[slot].deferFree(offsetBytes: extent.offsetBytes, lengthBytes: extent.lengthBytes, checkpoint: state.openCheckpoint)
             }
+            return state.freeObserver
         }
+        if let observer { for extent in copies { observer(extent) } }
+    }
+
+    /// Planted bug for the crash tests' failure proof: `observer` sees every extent as it is
+    /// freed (outside the lock), before the freeing transaction or checkpoint is durable. The
+    /// pool uses it to discard at free time (`Pool.discardsAtFreeForTesting`). Never set outside tests.
+    @_spi(CrashTesting) public func observeFreesForTesting(_ observer: (@Sendable (Extent) -> Void)?) {
+        state.withLock { $0.freeObserver = observer }
     }
 
     /// Marks an extent allocated (log replay, load). Traps unless it is entirely free.

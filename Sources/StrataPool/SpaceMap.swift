@@ -272,6 +272,29 @@ public final class SpaceMap {
         return released
     }
 
+    /// The byte ranges `releaseDeferred(throughCheckpoint: checkpoint)` would make allocatable,
+    /// ascending, adjacent runs merged (for discards; allocates, once per checkpoint).
+    public func pendingFreeRanges(throughCheckpoint checkpoint: UInt64) -> [Range<UInt64>] {
+        var runs: [UnitRun] = []
+        for entry in deferred where entry.checkpoint <= checkpoint { runs += entry.runs }
+        guard !runs.isEmpty else { return [] }
+        runs.sort { $0.start < $1.start }
+        var ranges: [Range<UInt64>] = []
+        ranges.reserveCapacity(runs.count)
+        var current = runs[0]
+        for run in runs.dropFirst() {
+            precondition(run.start >= current.end, "\(path): pending frees \(current) and \(run) overlap")
+            if run.start == current.end {
+                current.count += run.count
+            } else {
+                ranges.append(UInt64(current.start) * SpaceMap.unitBytes ..< UInt64(current.end) * SpaceMap.unitBytes)
+                current = run
+            }
+        }
+        ranges.append(UInt64(current.start) * SpaceMap.unitBytes ..< UInt64(current.end) * SpaceMap.unitBytes)
+        return ranges
+    }
+
     /// Checkpoints with pending frees, oldest first.
     public var pendingCheckpoints: [UInt64] { deferred.map(\.checkpoint) }
 

@@ -62,7 +62,7 @@ struct StrataCrash: ParsableCommand {
     @Option(help: "Workload name (see --list).")
     var workload: String = "kv-random"
 
-    @Option(help: "Plant a bug: in the fixture store (kv-*, repeatable): ack-before-flush, root-without-checksum, reuse-freed-block, replay-torn-tail; under the pool (pool-*): flush-ignored, writes-after-flush; under the object store (dmu-*): callbacks-before-durable, data-flush-ignored.")
+    @Option(help: "Plant a bug: in the fixture store (kv-*, repeatable): ack-before-flush, root-without-checksum, reuse-freed-block, replay-torn-tail; under the pool (pool-*): flush-ignored, writes-after-flush; under the object store (dmu-*): callbacks-before-durable, data-flush-ignored, discard-at-free.")
     var bug: [String] = []
 
     @Option(help: "First seed (for exhaustive workloads: the first case index).")

@@ -94,6 +94,16 @@ import Testing
         Self.expectClean("dmu-random-ditto", result, images: 300)
     }
 
+    /// dmu-random with each checkpoint discarding the space it makes reusable: the discards
+    /// (recorded as zeros that may or may not land) never touch anything an image still needs.
+    @Test func discardingFreedSpaceKeepsTheContract() throws {
+        let entry = try DMUCrashSystem.workload(named: "dmu-random-discard")
+        #expect(entry.system.discard && entry.system.settings.discardFreedSpace)
+        let result = try Self.run(entry, images: 300, seed: 501,
+                                  options: CrashRunOptions(recoveryCrashEvery: 64, replayCommandPrefix: Self.replayPrefix))
+        Self.expectClean("dmu-random-discard", result, images: 300)
+    }
+
     /// A spread of the 1,040 ACE cases (all of them: `strata-crash --workload dmu-ace --seed 0
     /// --images 1000000`).
     @Test func aceCasesKeepTheContract() throws {
@@ -120,7 +130,7 @@ import Testing
             switch bug {
             case .callbacksBeforeDurable:
                 #expect(caught.problems.joined().contains("acknowledged"), "\(caught)")
-            case .dataFlushIgnored:
+            case .dataFlushIgnored, .discardAtFree:
                 #expect(!caught.problems.isEmpty, "\(caught)")
             }
             print("planted bug \(bug.rawValue) caught after \(result.report.totalImages) images: \(String(describing: caught).prefix(600))")
