@@ -150,16 +150,19 @@ enum ObjectOperation: Equatable {
 
     /// The `writeInline` payload for `bytes` written at `offset` of `object`: one allocation,
     /// one copy of the data (the small-write path encodes from the caller's buffer with it).
+    /// Bytes before the data in a write-inline payload: object, offset, length.
+    static let writeInlineHeaderBytes = 20
+
     static func encodeWriteInline(object: UInt64, offset: UInt64, bytes data: UnsafeRawBufferPointer) -> [UInt8] {
         precondition(data.count <= Int(UInt32.max), "a write-inline record of \(data.count) bytes")
-        return [UInt8](unsafeUninitializedCapacity: 20 + data.count) { buffer, count in
+        return [UInt8](unsafeUninitializedCapacity: writeInlineHeaderBytes + data.count) { buffer, count in
             let raw = UnsafeMutableRawBufferPointer(buffer)
             let writer = ByteWriter(raw)
             writer.put(object, at: 0)
             writer.put(offset, at: 8)
             writer.put(UInt32(data.count), at: 16)
-            if !data.isEmpty { UnsafeMutableRawBufferPointer(rebasing: raw[20...]).copyMemory(from: data) }
-            count = 20 + data.count
+            if !data.isEmpty { UnsafeMutableRawBufferPointer(rebasing: raw[writeInlineHeaderBytes...]).copyMemory(from: data) }
+            count = writeInlineHeaderBytes + data.count
         }
     }
 

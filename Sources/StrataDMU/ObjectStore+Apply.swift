@@ -169,12 +169,13 @@ extension ObjectStore {
     /// `dirtyPageBytes`, else the caller adds them.
     @discardableResult
     func writePages(_ state: ObjectState, map: ExtentMap, sizeBytes: UInt64, offset: UInt64, bytes: UnsafeRawBufferPointer,
-                    skipHoles: Bool, counted: Bool = true) throws(ObjectStoreError) -> Int {
+                    skipHoles: Bool, counted: Bool = true, wholePageChecksum: UInt32? = nil) throws(ObjectStoreError) -> Int {
         let end = offset + UInt64(bytes.count)
         let firstChunk = offset / 4096
         let lastChunk = (end - 1) / 4096
         if firstChunk == lastChunk {
-            let added = try writeOnePage(state, map: map, sizeBytes: sizeBytes, offset: offset, bytes: bytes, skipHoles: skipHoles)
+            let added = try writeOnePage(state, map: map, sizeBytes: sizeBytes, offset: offset, bytes: bytes, skipHoles: skipHoles,
+                                         wholePageChecksum: wholePageChecksum)
             if counted && added > 0 { stateLock.withLock { dirtyPageBytes += added * Page.bytes } }
             return added
         }
@@ -223,8 +224,10 @@ extension ObjectStore {
     /// `writePages` for a write inside one 4 KiB chunk (every small overwrite): the same steps
     /// without the array of prepared pages, so no allocation and one dictionary probe and one
     /// retain fewer. Returns 1 when it added a page (not counted in `dirtyPageBytes`), else 0.
+    /// `wholePageChecksum`, for a write of exactly the page, is `CRC32C.checksum(bytes)` taken by
+    /// the caller (checked in debug builds).
     private func writeOnePage(_ state: ObjectState, map: ExtentMap, sizeBytes: UInt64, offset: UInt64,
-                              bytes: UnsafeRawBufferPointer, skipHoles: Bool) throws(ObjectStoreError) -> Int {
+                              bytes: UnsafeRawBufferPointer, skipHoles: Bool, wholePageChecksum: UInt32? = nil) throws(ObjectStoreError) -> Int {
         let chunk = offset / 4096
         let start = chunk * 4096
         let end = offset + UInt64(bytes.count)
@@ -248,7 +251,12 @@ extension ObjectStore {
         }
         // Nothing can fail from here on.
         UnsafeMutableRawBufferPointer(rebasing: page.bytes[Int(offset - start) ..< Int(end - start)]).copyMemory(from: bytes)
-        page.checksum = CRC32C.checksum(UnsafeRawBufferPointer(page.bytes))
+        if whole, let given = wholePageChecksum {
+            assert(given == CRC32C.checksum(UnsafeRawBufferPointer(page.bytes)), "page checksum given for object \(state.number) chunk \(chunk) is wrong")
+            page.checksum = given
+        } else {
+            page.checksum = CRC32C.checksum(UnsafeRawBufferPointer(page.bytes))
+        }
         if isNew { state.pages[chunk] = page }
         return isNew ? 1 : 0
     }
@@ -256,7 +264,8 @@ extension ObjectStore {
     /// A small write: the bytes go to the object's pages (the record carries them to the log).
     /// Shared by `apply(.writeInline)` and `Transaction.write`, which encodes its record straight
     /// from the caller's bytes and applies from them (no copy of the data in an operation).
-    func applyWriteInline(_ object: UInt64, offset: UInt64, bytes: UnsafeRawBufferPointer, tag: UInt64) throws(ObjectStoreError) {
+    func applyWriteInline(_ object: UInt64, offset: UInt64, bytes: UnsafeRawBufferPointer, tag: UInt64,
+                          wholePageChecksum: UInt32? = nil) throws(ObjectStoreError) {
         // The dnode's type and size borrowed from the cache (no copy of the dnode, no retain of
         // its arrays); the whole dnode only when it is not cached, its extent map is not loaded,
         // or the write grows the object (all before anything changes).
@@ -281,7 +290,8 @@ extension ObjectStore {
             map = try extentMap(of: state, dnode: dnode!)
         }
         if end > facts.sizeBytes && dnode == nil { dnode = try existing(object) }
-        let added = try writePages(state, map: map, sizeBytes: facts.sizeBytes, offset: offset, bytes: bytes, skipHoles: false, counted: false)
+        let added = try writePages(state, map: map, sizeBytes: facts.sizeBytes, offset: offset, bytes: bytes, skipHoles: false, counted: false,
+                                   wholePageChecksum: wholePageChecksum)
         if end > facts.sizeBytes, var grown = dnode {
             grown.sizeBytes = end
             dnodes.update(grown, dirtyIn: tag)

@@ -314,10 +314,21 @@ public final class Transaction {
     }
 
     /// One `writeInline` operation: applied, then its record encoded, both from `bytes`.
+    /// A 4 KiB write checksums its bytes once, here, where the caller just wrote them: that is the
+    /// page's checksum when the write covers one page, and the record's payload checksum follows
+    /// from it and the 20-byte header's (`CRC32C.Shift`), so neither the page nor the record's
+    /// copy of the data is read again to checksum it.
     private func writeInline(_ object: UInt64, at offset: UInt64, _ bytes: UnsafeRawBufferPointer) throws(ObjectStoreError) {
-        try store.applyWriteInline(object, offset: offset, bytes: bytes, tag: tag)
-        records.append(LogAppend(type: ObjectRecordType.writeInline.rawValue, transactionID: id,
-                                 payload: ObjectOperation.encodeWriteInline(object: object, offset: offset, bytes: bytes)))
+        let dataChecksum: UInt32? = bytes.count == Page.bytes ? CRC32C.checksum(bytes) : nil
+        try store.applyWriteInline(object, offset: offset, bytes: bytes, tag: tag,
+                                   wholePageChecksum: offset % UInt64(Page.bytes) == 0 ? dataChecksum : nil)
+        let payload = ObjectOperation.encodeWriteInline(object: object, offset: offset, bytes: bytes)
+        let payloadChecksum = dataChecksum.map { data in
+            let header = payload.withUnsafeBytes { CRC32C.checksum(UnsafeRawBufferPointer(rebasing: $0[0 ..< ObjectOperation.writeInlineHeaderBytes])) }
+            return CRC32C.shift4096.combine(header, data)
+        }
+        records.append(LogAppend(type: ObjectRecordType.writeInline.rawValue, transactionID: id, payload: payload,
+                                 payloadChecksum: payloadChecksum))
     }
 
     public func write(_ object: UInt64, at offset: UInt64, _ bytes: [UInt8]) throws(ObjectStoreError) {

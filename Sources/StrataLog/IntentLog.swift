@@ -79,11 +79,15 @@ public struct LogAppend: Sendable {
     public var type: UInt16
     public var transactionID: UInt64
     public var payload: [UInt8]
+    /// `CRC32C.checksum(payload)` when the caller has it already (derived from a checksum of the
+    /// data it holds, `CRC32C.Shift`); nil: the log computes it. Checked in debug builds.
+    public var payloadChecksum: UInt32?
 
-    public init(type: UInt16, transactionID: UInt64, payload: [UInt8]) {
+    public init(type: UInt16, transactionID: UInt64, payload: [UInt8], payloadChecksum: UInt32? = nil) {
         self.type = type
         self.transactionID = transactionID
         self.payload = payload
+        self.payloadChecksum = payloadChecksum
     }
 }
 
@@ -430,7 +434,15 @@ public final class IntentLog: @unchecked Sendable {
         let precomputed = min(records.count, 16)
         withUnsafeMutableBytes(of: &checksums) { raw in
             let slots = raw.bindMemory(to: UInt32.self)
-            for index in 0..<precomputed { slots[index] = records[index].payload.withUnsafeBytes { CRC32C.checksum($0) } }
+            for index in 0..<precomputed {
+                let record = records[index]
+                if let given = record.payloadChecksum {
+                    assert(given == CRC32C.checksum(record.payload), "record \(index) of type \(record.type): payload checksum given wrong")
+                    slots[index] = given
+                } else {
+                    slots[index] = record.payload.withUnsafeBytes { CRC32C.checksum($0) }
+                }
+            }
         }
         monitor.lock()
         do throws(LogError) { try waitForRoomLocked(bytes: total) } catch {
@@ -445,7 +457,7 @@ public final class IntentLog: @unchecked Sendable {
             for (index, record) in records.enumerated() {
                 last = record.payload.withUnsafeBytes { payload in
                     placeLocked(batch, type: record.type, transactionID: record.transactionID, payload: payload,
-                                payloadChecksum: index < precomputed ? slots[index] : CRC32C.checksum(payload),
+                                payloadChecksum: index < precomputed ? slots[index] : (record.payloadChecksum ?? CRC32C.checksum(payload)),
                                 size: LogBlock.recordBytes(payloadBytes: payload.count))
                 }
                 if first == 0 { first = last }

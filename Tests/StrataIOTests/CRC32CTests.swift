@@ -167,4 +167,22 @@ struct CRC32CTests {
             if results.contains(where: { $0.value != whole }) { failedRounds += 1 }
         }
     }
+
+    @Test("a shift combines crc(a) and crc(b) into crc(a + b) for any a and any b of its length")
+    func shiftCombinesChecksums() {
+        var generator = SystemRandomNumberGenerator()
+        for length in [1, 7, 20, 4096, 5000] {
+            let shift = length == 4096 ? CRC32C.shift4096 : CRC32C.Shift(lengthBytes: length)
+            #expect(shift.lengthBytes == length)
+            for trial in 0..<50 {
+                let a = (0..<(trial % 3 == 0 ? 0 : Int.random(in: 1...64, using: &generator))).map { _ in UInt8.random(in: 0...255, using: &generator) }
+                let b = (0..<length).map { _ in UInt8.random(in: 0...255, using: &generator) }
+                let whole = Self.referenceChecksum(a + b)
+                #expect(shift.combine(Self.referenceChecksum(a), Self.referenceChecksum(b)) == whole, "length \(length), |a| = \(a.count)")
+            }
+        }
+        // A wrong length gives a wrong answer: the shift is specific to its length.
+        let a: [UInt8] = [1, 2, 3], b = [UInt8](repeating: 9, count: 4095)
+        #expect(CRC32C.shift4096.combine(Self.referenceChecksum(a), Self.referenceChecksum(b)) != Self.referenceChecksum(a + b))
+    }
 }
