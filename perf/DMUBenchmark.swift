@@ -62,7 +62,7 @@ struct DMUBenchmark: ParsableCommand {
     var noFio = false
     @Flag(help: "Discard the space checkpoints free (ObjectStoreSettings.discardFreedSpace; off by default).")
     var discard = false
-    @Option(name: .customLong("precondition"), help: "Bytes of incompressible data written at the start of the target before the first round, so both sides run on memory zram already holds (default 4G on zram, capped at half the target; 0 on files; 0 skips).")
+    @Option(name: .customLong("precondition"), help: "Bytes of incompressible data written at the start of the target before the first round, so both sides run on memory zram already holds (default on zram: 4G or half the target, whichever is smaller; 0 on files; 0 skips; never more than the target).")
     var preconditionSize: String?
 
     struct Run {

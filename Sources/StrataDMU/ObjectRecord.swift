@@ -148,11 +148,11 @@ enum ObjectOperation: Equatable {
         }
     }
 
-    /// The `writeInline` payload for `bytes` written at `offset` of `object`: one allocation,
-    /// one copy of the data (the small-write path encodes from the caller's buffer with it).
     /// Bytes before the data in a write-inline payload: object, offset, length.
     static let writeInlineHeaderBytes = 20
 
+    /// The `writeInline` payload for `bytes` written at `offset` of `object`: one allocation,
+    /// one copy of the data (the small-write path encodes from the caller's buffer with it).
     static func encodeWriteInline(object: UInt64, offset: UInt64, bytes data: UnsafeRawBufferPointer) -> [UInt8] {
         precondition(data.count <= Int(UInt32.max), "a write-inline record of \(data.count) bytes")
         return [UInt8](unsafeUninitializedCapacity: writeInlineHeaderBytes + data.count) { buffer, count in

@@ -277,7 +277,9 @@ public final class Transaction {
     }
 
     /// Writes `bytes` at `offset`: the aligned middle of a large write to new extents (written
-    /// now), the rest through the log.
+    /// now), the rest through the log. `bytes` must not change until this returns: they are
+    /// checksummed once and copied after (a change in between would store data that fails its
+    /// own checksum).
     public func write(_ object: UInt64, at offset: UInt64, _ bytes: UnsafeRawBufferPointer) throws(ObjectStoreError) {
         check(.write, object, "write")
         guard !bytes.isEmpty else { return }
@@ -319,6 +321,7 @@ public final class Transaction {
     /// from it and the 20-byte header's (`CRC32C.Shift`), so neither the page nor the record's
     /// copy of the data is read again to checksum it.
     private func writeInline(_ object: UInt64, at offset: UInt64, _ bytes: UnsafeRawBufferPointer) throws(ObjectStoreError) {
+        assert(CRC32C.shift4096.lengthBytes == Page.bytes && ObjectOperation.writeInlineHeaderBytes == 20, "checksum shift and page size disagree")
         let dataChecksum: UInt32? = bytes.count == Page.bytes ? CRC32C.checksum(bytes) : nil
         try store.applyWriteInline(object, offset: offset, bytes: bytes, tag: tag,
                                    wholePageChecksum: offset % UInt64(Page.bytes) == 0 ? dataChecksum : nil)

@@ -63,6 +63,8 @@ public enum CRC32C {
             }
         }
 
+        deinit { tables.deallocate() }
+
         /// crc(a + b) from crc(a) and crc(b), b being `lengthBytes` long.
         @inlinable
         public func combine(_ first: UInt32, _ second: UInt32) -> UInt32 {

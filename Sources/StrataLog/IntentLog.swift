@@ -80,10 +80,19 @@ public struct LogAppend: Sendable {
     public var transactionID: UInt64
     public var payload: [UInt8]
     /// `CRC32C.checksum(payload)` when the caller has it already (derived from a checksum of the
-    /// data it holds, `CRC32C.Shift`); nil: the log computes it. Checked in debug builds.
-    public var payloadChecksum: UInt32?
+    /// data it holds, `CRC32C.Shift`); nil: the log computes it. Trusted in release builds (a
+    /// wrong one makes the record fail its checksum at replay, and replay stop there), checked
+    /// for every record in debug builds; so only this package's object store may give one.
+    package var payloadChecksum: UInt32?
 
-    public init(type: UInt16, transactionID: UInt64, payload: [UInt8], payloadChecksum: UInt32? = nil) {
+    public init(type: UInt16, transactionID: UInt64, payload: [UInt8]) {
+        self.type = type
+        self.transactionID = transactionID
+        self.payload = payload
+        self.payloadChecksum = nil
+    }
+
+    package init(type: UInt16, transactionID: UInt64, payload: [UInt8], payloadChecksum: UInt32?) {
         self.type = type
         self.transactionID = transactionID
         self.payload = payload
@@ -457,7 +466,7 @@ public final class IntentLog: @unchecked Sendable {
             for (index, record) in records.enumerated() {
                 last = record.payload.withUnsafeBytes { payload in
                     placeLocked(batch, type: record.type, transactionID: record.transactionID, payload: payload,
-                                payloadChecksum: index < precomputed ? slots[index] : (record.payloadChecksum ?? CRC32C.checksum(payload)),
+                                payloadChecksum: index < precomputed ? slots[index] : Self.checksum(of: record, payload),
                                 size: LogBlock.recordBytes(payloadBytes: payload.count))
                 }
                 if first == 0 { first = last }
@@ -469,6 +478,13 @@ public final class IntentLog: @unchecked Sendable {
         monitor.unlock()
         if wakesWriter { monitor.signal(.writer) }
         return first...last
+    }
+
+    /// A record's payload checksum: the one it carries (checked in debug builds) or computed.
+    private static func checksum(of record: LogAppend, _ payload: UnsafeRawBufferPointer) -> UInt32 {
+        guard let given = record.payloadChecksum else { return CRC32C.checksum(payload) }
+        assert(given == CRC32C.checksum(payload), "record of type \(record.type): payload checksum given wrong")
+        return given
     }
 
     /// Waits (lock held) until the open batch has `bytes` of room, leading a batch in

@@ -215,8 +215,9 @@ extension Pool {
         //    `discardsFreedSpace` they are discarded first, while still unallocatable, so no
         //    write can land in a range before its discard.
         if state.discard.enabled && !isReadOnly {
-            allocator.checkpointDurable(checkpoint) { deviceIndex, ranges in
-                discard(ranges, deviceIndex: deviceIndex, &state.discard)
+            var budget = state.discard.limits.rangesPerCommitMax
+            allocator.checkpointDurable(checkpoint, skipping: state.discard.unsupported) { deviceIndex, ranges in
+                discard(ranges, deviceIndex: deviceIndex, budget: &budget, &state.discard)
             }
         } else {
             allocator.checkpointDurable(checkpoint)
@@ -226,10 +227,19 @@ extension Pool {
     /// Discards freed ranges of one device. Never fails the commit: a device that does not
     /// support discard is skipped from then on (one log line); another failure is counted and
     /// the first one logged.
-    private func discard(_ ranges: [Range<UInt64>], deviceIndex: Int, _ discard: inout DiscardState) {
+    private func discard(_ ranges: [Range<UInt64>], deviceIndex: Int, budget: inout Int, _ discard: inout DiscardState) {
         guard !discard.unsupported.contains(deviceIndex) else { return }
         let device = devices[deviceIndex]
-        for range in ranges {
+        for (position, range) in ranges.enumerated() {
+            if budget == 0 {
+                discard.statistics.skippedRanges += ranges.count - position
+                return
+            }
+            if range.upperBound - range.lowerBound < discard.limits.bytesMin {
+                discard.statistics.skippedRanges += 1
+                continue
+            }
+            budget -= 1
             do {
                 try device.discard(offset: range.lowerBound, length: range.upperBound - range.lowerBound)
                 discard.statistics.ranges += 1

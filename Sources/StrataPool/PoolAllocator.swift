@@ -198,6 +198,9 @@ public final class PoolAllocator: Sendable {
         var placements: [Placement] = []
         /// Crash tests' planted bug only (`observeFreesForTesting`).
         var freeObserver: (@Sendable (Extent) -> Void)?
+        /// The checkpoint whose predecessor's frees are being discarded (`checkpointDurable(_:
+        /// skipping:discarding:)`): no cut and no other checkpoint may become durable meanwhile.
+        var discardingFor: UInt64?
     }
 
     public let devices: [AllocatorDevice]
@@ -293,22 +296,30 @@ public final class PoolAllocator: Sendable {
     }
 
     /// `checkpointDurable`, with the space about to become allocatable handed to `discard` first,
-    /// per device (its `AllocatorDevice.index`; byte ranges ascending, adjacent frees merged),
-    /// outside the lock: the space is referenced by no durable checkpoint the pool may still
-    /// import (the same reason it may be reused), and nothing can be allocated in it until
-    /// `discard` has returned for every device. Allocations and frees go on meanwhile. The caller
-    /// serializes checkpoints (the pool commits under its state lock), so no later checkpoint
-    /// releases this space while it is being discarded.
-    public func checkpointDurable(_ checkpoint: UInt64, discarding discard: (_ deviceIndex: Int, _ ranges: [Range<UInt64>]) -> Void) {
-        let pending = state.withLock { state -> [(Int, [Range<UInt64>])] in
+    /// per device (its `AllocatorDevice.index`; byte ranges ascending, adjacent frees merged;
+    /// devices in `skipping` left out), outside the lock: the space is referenced by no durable
+    /// checkpoint the pool may still import (the same reason it may be reused), and nothing can
+    /// be allocated in it until `discard` has returned for every device. Allocations and frees
+    /// go on meanwhile; a cut (`beginCheckpoint`) or another `checkpointDurable` before this
+    /// returns traps (the pool commits under its own lock, so it never does that).
+    public func checkpointDurable(_ checkpoint: UInt64, skipping: Set<Int> = [],
+                                  discarding discard: (_ deviceIndex: Int, _ ranges: [Range<UInt64>]) -> Void) {
+        let pending = state.withLock { state -> [(index: Int, path: String, runs: [UnitRun])] in
             Self.markDurable(&state, checkpoint)
-            return state.maps.indices.map { slot in
-                (state.devices[slot].index, state.maps[slot].pendingFreeRanges(throughCheckpoint: checkpoint - 1))
+            state.discardingFor = checkpoint
+            return state.maps.indices.compactMap { slot in
+                let device = state.devices[slot]
+                guard !skipping.contains(device.index) else { return nil }
+                return (device.index, device.path, state.maps[slot].pendingFreeRuns(throughCheckpoint: checkpoint - 1))
             }
         }
-        for (deviceIndex, ranges) in pending where !ranges.isEmpty { discard(deviceIndex, ranges) }
+        for device in pending where !device.runs.isEmpty {
+            discard(device.index, SpaceMap.mergedByteRanges(device.runs, path: device.path))
+        }
         state.withLock { state in
-            precondition(state.lastDurableCheckpoint == checkpoint, "checkpoint \(state.lastDurableCheckpoint) became durable while \(checkpoint)'s frees were being discarded")
+            precondition(state.discardingFor == checkpoint && state.lastDurableCheckpoint == checkpoint,
+                         "checkpoint \(state.lastDurableCheckpoint) became durable while \(checkpoint)'s frees were being discarded")
+            state.discardingFor = nil
             for map in state.maps { map.releaseDeferred(throughCheckpoint: checkpoint - 1) }
         }
     }
@@ -316,6 +327,7 @@ public final class PoolAllocator: Sendable {
     private static func markDurable(_ state: inout State, _ checkpoint: UInt64) {
         precondition(checkpoint == state.lastClosedCheckpoint && checkpoint == state.lastDurableCheckpoint + 1,
                      "checkpointDurable(\(checkpoint)) out of order: last begun \(state.lastClosedCheckpoint), last durable \(state.lastDurableCheckpoint)")
+        precondition(state.discardingFor == nil, "checkpointDurable(\(checkpoint)) while checkpoint \(state.discardingFor!)'s released frees are being discarded")
         state.lastDurableCheckpoint = checkpoint
     }
 
@@ -446,7 +458,7 @@ public final class PoolAllocator: Sendable {
 
     /// Planted bug for the crash tests' failure proof: `observer` sees every extent as it is
     /// freed (outside the lock), before the freeing transaction or checkpoint is durable. The
-    /// pool uses it to discard at free time (`Pool.discardsAtFreeForTesting`). Never set outside tests.
+    /// pool uses it to discard at free time (`Pool.discardAtFreeForTesting`). Never set outside tests.
     @_spi(CrashTesting) public func observeFreesForTesting(_ observer: (@Sendable (Extent) -> Void)?) {
         state.withLock { $0.freeObserver = observer }
     }
@@ -515,6 +527,7 @@ extension PoolAllocator.State {
     mutating func cut(_ select: (_ deviceIndex: Int, _ dirty: [Int]) -> [Int]) -> CheckpointCut {
         precondition(lastDurableCheckpoint == lastClosedCheckpoint,
                      "beginCheckpoint while checkpoint \(lastClosedCheckpoint) is not durable yet")
+        precondition(discardingFor == nil, "beginCheckpoint while checkpoint \(discardingFor!)'s released frees are being discarded")
         let checkpoint = openCheckpoint
         lastClosedCheckpoint = checkpoint
         openCheckpoint = checkpoint + 1

@@ -272,17 +272,23 @@ public final class SpaceMap {
         return released
     }
 
-    /// The byte ranges `releaseDeferred(throughCheckpoint: checkpoint)` would make allocatable,
-    /// ascending, adjacent runs merged (for discards; allocates, once per checkpoint).
-    public func pendingFreeRanges(throughCheckpoint checkpoint: UInt64) -> [Range<UInt64>] {
+    /// The runs `releaseDeferred(throughCheckpoint: checkpoint)` would make allocatable, copied
+    /// (for discards: the caller sorts and merges them outside the allocator's lock with
+    /// `mergedByteRanges`).
+    func pendingFreeRuns(throughCheckpoint checkpoint: UInt64) -> [UnitRun] {
         var runs: [UnitRun] = []
         for entry in deferred where entry.checkpoint <= checkpoint { runs += entry.runs }
+        return runs
+    }
+
+    /// `runs` as byte ranges, ascending, adjacent runs merged. Traps on overlapping runs.
+    static func mergedByteRanges(_ runs: [UnitRun], path: String) -> [Range<UInt64>] {
         guard !runs.isEmpty else { return [] }
-        runs.sort { $0.start < $1.start }
+        let sorted = runs.sorted { $0.start < $1.start }
         var ranges: [Range<UInt64>] = []
-        ranges.reserveCapacity(runs.count)
-        var current = runs[0]
-        for run in runs.dropFirst() {
+        ranges.reserveCapacity(sorted.count)
+        var current = sorted[0]
+        for run in sorted.dropFirst() {
             precondition(run.start >= current.end, "\(path): pending frees \(current) and \(run) overlap")
             if run.start == current.end {
                 current.count += run.count

@@ -97,6 +97,8 @@ public struct CrashRunReport: Sendable {
     public var recoveryImagesChecked = 0
     public var runs = 0
     public var writesRecorded = 0
+    /// Of `writesRecorded`, the discards (recorded as writes of zeros).
+    public var discardsRecorded = 0
     public var flushesRecorded = 0
     public var operationsRun = 0
     public var violations: [CrashViolation] = []
@@ -111,6 +113,7 @@ public struct CrashRunReport: Sendable {
         recoveryImagesChecked += other.recoveryImagesChecked
         runs += other.runs
         writesRecorded += other.writesRecorded
+        discardsRecorded += other.discardsRecorded
         flushesRecorded += other.flushesRecorded
         operationsRun += other.operationsRun
         violations += other.violations
@@ -174,6 +177,7 @@ public final class CrashRunner<System: SystemUnderTest> {
         var report = CrashRunReport()
         report.runs = 1
         report.writesRecorded = recorded.recording.writes.count
+        report.discardsRecorded = recorded.recording.writes.reduce(0) { $0 + ($1.isDiscard ? 1 : 0) }
         report.flushesRecorded = recorded.recording.flushes.count
         report.operationsRun = recorded.recording.operations.count
         for (index, image) in recorded.images.enumerated() {

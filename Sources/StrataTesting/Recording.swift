@@ -46,6 +46,7 @@ public struct RecordedWrite: Sendable {
     public var payload: [UInt8]? { payloadBytes?.array }
     /// Where the recorder keeps the bytes (`nil` for a discard).
     let payloadBytes: PayloadBytes?
+    public var isDiscard: Bool { payloadBytes == nil }
     public let isFUA: Bool
     public let issueSequence: UInt64
     /// When the write returned successfully; `nil` while in flight or when it failed.

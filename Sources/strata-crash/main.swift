@@ -236,7 +236,7 @@ struct StrataCrash: ParsableCommand {
         let rate = Double(report.totalImages) / max(seconds, 1e-9)
         print("crash: \(report.totalImages) images, \(violationCount) violations (seed \(seed))")
         print("  \(driver.name): seeds \(seed)..<\(next), \(report.runs) runs, \(report.operationsRun) operations, "
-              + "\(report.writesRecorded) writes, \(report.flushesRecorded) flushes, \(report.imagesChecked) images + "
+              + "\(report.writesRecorded) writes\(report.discardsRecorded > 0 ? " (\(report.discardsRecorded) discards)" : ""), \(report.flushesRecorded) flushes, \(report.imagesChecked) images + "
               + "\(report.recoveryImagesChecked) crashed-recovery images in \(String(format: "%.1f", seconds)) s "
               + "(\(String(format: "%.0f", rate)) images/s)")
         if violationCount > 0 { throw ExitCode(1) }

@@ -102,6 +102,7 @@ import Testing
         let result = try Self.run(entry, images: 300, seed: 501,
                                   options: CrashRunOptions(recoveryCrashEvery: 64, replayCommandPrefix: Self.replayPrefix))
         Self.expectClean("dmu-random-discard", result, images: 300)
+        #expect(result.report.discardsRecorded > 0, "no discard was issued: the setting did not reach the pool")
     }
 
     /// A spread of the 1,040 ACE cases (all of them: `strata-crash --workload dmu-ace --seed 0
