@@ -429,6 +429,10 @@ struct DMUBenchmark: ParsableCommand {
         let after = store.statistics
         let cpu = Double(processCPUNanoseconds() - cpuBefore) / 1000 / Double(max(1, result.done))
         let logAfter = store.log!.statistics
+        if discard {
+            let discards = store.pool.discardStatistics
+            print("  discards so far (\(count) threads): \(discards.ranges) ranges, \(discards.bytes >> 20) MiB, \(discards.skippedRanges) ranges skipped, \(discards.failures) failures")
+        }
         return Run(perSecond: Double(result.done) / result.elapsed, p50Microseconds: result.histogram.percentile(0.5) / 1000,
                    p99Microseconds: result.histogram.percentile(0.99) / 1000, checkpoints: after.checkpoints - before.checkpoints,
                    homeWritesPerOperation: Double(after.pageBytesWrittenBack - before.pageBytesWrittenBack) / 4096 / Double(max(1, result.done)),
