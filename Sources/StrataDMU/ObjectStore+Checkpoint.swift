@@ -361,6 +361,7 @@ extension ObjectStore {
         }
         // 9. Release.
         log.checkpointCommitted()
+        pool.finishPendingDiscards()            // discardFreedSpace: after the log may allocate again
         dnodes.markClean(through: checkpoint)
         var releasedPages = 0
         for run in pageRuns {

@@ -40,6 +40,7 @@ extension Pool {
             guard checkpoint <= Uberblock.checkpointMax else {
                 throw .invalidConfiguration("pool '\(state.configuration.name)': checkpoint limit \(Uberblock.checkpointMax) reached")
             }
+            finishPendingDiscardsLocked(&state)
             let (cut, targets) = cutSpaceMaps(checkpoint: checkpoint, copies: &state.spaceMaps)
             state.preparedCheckpoint = checkpoint
             return PreparedCheckpoint(checkpoint: checkpoint, cut: cut, targets: targets)
@@ -61,7 +62,8 @@ extension Pool {
                     throw .invalidConfiguration("pool '\(state.configuration.name)' is suspended after a failed commit: \(failure)")
                 }
                 let spaceMapRoots = try writeSpaceMaps(cut: prepared.cut, targets: prepared.targets, copies: &state.spaceMaps)
-                try commitUberblock(&state, checkpoint: prepared.checkpoint, newState: .active, roots: roots, spaceMapRoots: spaceMapRoots)
+                try commitUberblock(&state, checkpoint: prepared.checkpoint, newState: .active, roots: roots, spaceMapRoots: spaceMapRoots,
+                                    defersDiscards: true)
             } catch {
                 if state.failure == nil { state.failure = error.description }
                 throw error
@@ -151,6 +153,7 @@ extension Pool {
     func commitLocked(_ state: inout PoolState, newState: Uberblock.State, roots: [BlockPointer]? = nil,
                       checkpointOverride: UInt64? = nil) throws(PoolError) {
         try checkCommittable(state)
+        finishPendingDiscardsLocked(&state)
         let checkpoint = checkpointOverride ?? state.uberblock.checkpoint + 1
         guard checkpoint <= Uberblock.checkpointMax else {
             throw .invalidConfiguration("pool '\(state.configuration.name)': checkpoint limit \(Uberblock.checkpointMax) reached")
@@ -179,7 +182,7 @@ extension Pool {
 
     /// Steps 3-5: flush everything, write the uberblock everywhere, flush, release N-1's frees.
     private func commitUberblock(_ state: inout PoolState, checkpoint: UInt64, newState: Uberblock.State,
-                                 roots: [BlockPointer]?, spaceMapRoots: [SpaceMapRoot]) throws(PoolError) {
+                                 roots: [BlockPointer]?, spaceMapRoots: [SpaceMapRoot], defersDiscards: Bool = false) throws(PoolError) {
         // 3. Everything the uberblock names is durable before it is written: every device is
         //    flushed (side by side) and all flushes complete before any uberblock write starts.
         let devices = self.devices
@@ -213,14 +216,33 @@ extension Pool {
         // 5. The frees of the previous checkpoint may now be reused: no checkpoint the pool may
         //    import references them (N is durable; N−1, the fallback, freed them). With
         //    `discardsFreedSpace` they are discarded first, while still unallocatable, so no
-        //    write can land in a range before its discard.
+        //    write can land in a range before its discard. A two-phase commit (the object
+        //    store's) leaves that to `finishPendingDiscards`, which the store calls once its log
+        //    may allocate again, so discards never hold the log up; the next cut finishes them
+        //    if nobody did.
         if state.discard.enabled && !isReadOnly {
-            var budget = state.discard.limits.rangesPerCommitMax
-            allocator.checkpointDurable(checkpoint, skipping: state.discard.unsupported) { deviceIndex, ranges in
-                discard(ranges, deviceIndex: deviceIndex, budget: &budget, &state.discard)
-            }
+            allocator.checkpointDurableHoldingFrees(checkpoint)
+            state.discard.pendingCheckpoint = checkpoint
+            if !defersDiscards { finishPendingDiscardsLocked(&state) }
         } else {
             allocator.checkpointDurable(checkpoint)
+        }
+    }
+
+    /// Discards and releases the frees a two-phase commit (`commitPrepared`) left held, if any:
+    /// the object store calls it after its checkpoint, outside the log's critical window. Holds
+    /// the pool's lock while it discards (bounded by `discardLimits.rangesPerCommitMax`);
+    /// allocations go on, the held space stays unallocatable until it returns.
+    public func finishPendingDiscards() {
+        state.withLock { state in finishPendingDiscardsLocked(&state) }
+    }
+
+    func finishPendingDiscardsLocked(_ state: inout PoolState) {
+        guard let checkpoint = state.discard.pendingCheckpoint else { return }
+        state.discard.pendingCheckpoint = nil
+        var budget = state.discard.limits.rangesPerCommitMax
+        allocator.releaseHeldFrees(of: checkpoint, skipping: state.discard.unsupported) { deviceIndex, ranges in
+            discard(ranges, deviceIndex: deviceIndex, budget: &budget, &state.discard)
         }
     }
 

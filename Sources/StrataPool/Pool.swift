@@ -21,7 +21,8 @@
 //   5. the allocator learns that N is durable and releases the frees of N-1 — with
 //      `discardsFreedSpace`, after discarding them while they are still unallocatable. They are
 //      referenced only by checkpoints older than the fallback N-1, so a discard destroys nothing
-//      an import could need, exactly as reusing the space would not.
+//      an import could need, exactly as reusing the space would not. After a two-phase commit
+//      (`commitPrepared`) the discards wait for `finishPendingDiscards` (or the next cut).
 // A crash before step 4 completes on at least one device leaves uberblock N-1 the newest valid
 // one, and everything it names is intact (its space-map copy was not written, its configuration
 // slot was not overwritten). A crash during step 4 may tear N on some devices; torn copies fail
@@ -99,6 +100,9 @@ public final class Pool: Sendable {
     struct DiscardState: Sendable {
         var enabled = false
         var limits = DiscardLimits()
+        /// A two-phase commit's checkpoint whose released frees wait for `finishPendingDiscards`
+        /// (the allocator holds them unallocatable meanwhile).
+        var pendingCheckpoint: UInt64?
         var statistics = DiscardStatistics()
         /// Devices that refused a discard as unsupported: not asked again while the pool is open.
         var unsupported: Set<Int> = []

@@ -304,9 +304,26 @@ public final class PoolAllocator: Sendable {
     /// returns traps (the pool commits under its own lock, so it never does that).
     public func checkpointDurable(_ checkpoint: UInt64, skipping: Set<Int> = [],
                                   discarding discard: (_ deviceIndex: Int, _ ranges: [Range<UInt64>]) -> Void) {
-        let pending = state.withLock { state -> [(index: Int, path: String, runs: [UnitRun])] in
+        checkpointDurableHoldingFrees(checkpoint)
+        releaseHeldFrees(of: checkpoint, skipping: skipping, discarding: discard)
+    }
+
+    /// The first half of `checkpointDurable(_:skipping:discarding:)`: `checkpoint` is durable,
+    /// and the frees it would release stay unallocatable until `releaseHeldFrees(of:…)`. No cut
+    /// may happen in between (it traps): the pool finishes held frees before it cuts.
+    public func checkpointDurableHoldingFrees(_ checkpoint: UInt64) {
+        state.withLock { state in
             Self.markDurable(&state, checkpoint)
             state.discardingFor = checkpoint
+        }
+    }
+
+    /// The second half: hands the held frees to `discard` (outside the lock, as above), then
+    /// makes them allocatable.
+    public func releaseHeldFrees(of checkpoint: UInt64, skipping: Set<Int> = [],
+                                 discarding discard: (_ deviceIndex: Int, _ ranges: [Range<UInt64>]) -> Void) {
+        let pending = state.withLock { state -> [(index: Int, path: String, runs: [UnitRun])] in
+            precondition(state.discardingFor == checkpoint, "releaseHeldFrees(of: \(checkpoint)) but the held frees are \(state.discardingFor.map(String.init) ?? "none")'s")
             return state.maps.indices.compactMap { slot in
                 let device = state.devices[slot]
                 guard !skipping.contains(device.index) else { return nil }
@@ -323,6 +340,9 @@ public final class PoolAllocator: Sendable {
             for map in state.maps { map.releaseDeferred(throughCheckpoint: checkpoint - 1) }
         }
     }
+
+    /// The checkpoint whose frees are held for discarding (`checkpointDurableHoldingFrees`), if any.
+    public var checkpointWithHeldFrees: UInt64? { state.withLock { $0.discardingFor } }
 
     private static func markDurable(_ state: inout State, _ checkpoint: UInt64) {
         precondition(checkpoint == state.lastClosedCheckpoint && checkpoint == state.lastDurableCheckpoint + 1,

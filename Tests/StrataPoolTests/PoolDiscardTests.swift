@@ -234,4 +234,36 @@ final class DiscardRecordingDevice: BlockStorage, @unchecked Sendable {
         }
         #expect(try allocator.allocate(.data, lengthBytes: 1 << 20)[0] == victim, "released once the callback returned")
     }
+
+    /// The object store's two-phase commit leaves the discards to `finishPendingDiscards`: until
+    /// then the released frees are neither discarded nor allocatable; the next cut finishes them
+    /// if nobody did.
+    @Test func twoPhaseCommitsDiscardWhenAsked() throws {
+        let device = DiscardRecordingDevice(path: "d0", sizeBytes: 64 * S.mib)
+        let pool = try Pool.create(name: "trim", devices: [(device, .data)])
+        pool.discardsFreedSpace = true
+        var all: [Extent] = []
+        while let copies = try? pool.allocator.allocate(.data, lengthBytes: 1 << 20) { all += copies }
+        try pool.commitPrepared(pool.prepareCheckpoint())
+        let first = all.removeLast(), second = all.removeLast()
+        pool.allocator.free(first)                                      // freed in the next checkpoint (N)
+        try pool.commitPrepared(pool.prepareCheckpoint())               // N durable
+        try pool.commitPrepared(pool.prepareCheckpoint())               // N+1 durable: N's frees held
+        #expect(device.discarded.isEmpty, "discarded inside commitPrepared")
+        #expect(pool.allocator.checkpointWithHeldFrees != nil)
+        #expect(throws: AllocationError.self) { try pool.allocator.allocate(.data, lengthBytes: 1 << 20) }
+        pool.finishPendingDiscards()
+        #expect(device.discarded == [first.offsetBytes ..< first.endBytes])
+        #expect(pool.allocator.checkpointWithHeldFrees == nil)
+        #expect(try pool.allocator.allocate(.data, lengthBytes: 1 << 20)[0] == first)
+        pool.finishPendingDiscards()                                    // nothing pending: nothing happens
+        #expect(device.discarded.count == 1)
+        // Nobody asks: the next prepare finishes them before it cuts.
+        pool.allocator.free(second)
+        try pool.commitPrepared(pool.prepareCheckpoint())
+        try pool.commitPrepared(pool.prepareCheckpoint())
+        #expect(device.discarded.count == 1)
+        _ = try pool.prepareCheckpoint()
+        #expect(device.discarded.count == 2 && device.discarded.last == second.offsetBytes ..< second.endBytes)
+    }
 }
