@@ -115,6 +115,12 @@ public struct DMUCrashSystem: SystemUnderTest, Sendable {
         self.bug = bug
     }
 
+    /// This system with `bug` planted (every other field kept: build variants from here, not by
+    /// listing the fields, so a new one is never dropped).
+    public func planting(_ bug: Bug?) -> DMUCrashSystem {
+        DMUCrashSystem(durability: durability, metadataCopies: metadataCopies, writer: writer, discard: discard, bug: bug)
+    }
+
     public var name: String {
         "object store (log \(durability == .fua ? "fua" : "write+flush")"
             + (metadataCopies > 1 ? ", copies.metadata=\(metadataCopies) on two metadata devices" : "")

@@ -116,8 +116,7 @@ struct StrataCrash: ParsableCommand {
                 }
                 planted = match
             }
-            let system = DMUCrashSystem(durability: entry.system.durability, metadataCopies: entry.system.metadataCopies,
-                                        writer: entry.system.writer, bug: planted)
+            let system = entry.system.planting(planted)
             return CrashDriver(system: system, workload: entry.workload, options: options)
         }
         if isPoolWorkload(workload) {
