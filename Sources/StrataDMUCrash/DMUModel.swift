@@ -81,7 +81,7 @@ public struct DMUModel: Sendable {
                 let end = min(Int(offset + length), object.data.count)
                 if start < end {
                     object.data.withUnsafeMutableBytes { raw in
-                        UnsafeMutableRawBufferPointer(rebasing: raw[start ..< end]).initializeMemory(as: UInt8.self, repeating: 0)
+                        _ = UnsafeMutableRawBufferPointer(rebasing: raw[start ..< end]).initializeMemory(as: UInt8.self, repeating: 0)
                     }
                 }
             }

@@ -16,14 +16,25 @@ public enum ThreadSetup {
     /// Starts a detached-lifetime thread running `body` (which keeps what it captures alive
     /// until it returns); traps when the system refuses a thread. Returns it for a later join.
     public static func start(_ what: String, _ body: @escaping () -> Void) -> pthread_t {
+        let started = tryStart(body)
+        precondition(started.thread != nil, "pthread_create for \(what) failed: \(started.error)")
+        return started.thread!
+    }
+
+    /// Starts a thread running `body`, or returns nil and the error when the system refuses
+    /// one (`body` then never runs: the caller does the work itself).
+    public static func tryStart(_ body: @escaping () -> Void) -> (thread: pthread_t?, error: Int32) {
         let context = Unmanaged.passRetained(Body(body)).toOpaque()
         var thread = pthread_t()
         let result = pthread_create(&thread, nil, { context in
             Unmanaged<Body>.fromOpaque(context!).takeRetainedValue().run()
             return nil
         }, context)
-        precondition(result == 0, "pthread_create for \(what) failed: \(result)")
-        return thread
+        guard result == 0 else {
+            Unmanaged<Body>.fromOpaque(context).release()
+            return (nil, result)
+        }
+        return (thread, 0)
     }
 
     private final class Body {

@@ -325,21 +325,18 @@ final class SegmentReader {
         if spare == nil { spare = allocateAlignedBuffer(byteCount: segmentBytes) }
         let prefetch = Prefetch(devices: pool.devices, copy: copy, target: spare!)
         spare = nil                                     // lent to the read until `finishPrefetch`
-        let context = Unmanaged.passRetained(prefetch).toOpaque()
-        let result = pthread_create(&prefetch.thread, nil, { context in
-            let prefetch = Unmanaged<Prefetch>.fromOpaque(context!).takeRetainedValue()
+        let started = ThreadSetup.tryStart {
             do throws(LogError) {
                 try SegmentReader.read(prefetch.copy, devices: prefetch.devices, segmentBytes: prefetch.target.count, into: prefetch.target)
             } catch {
                 prefetch.error = error
             }
-            return nil
-        }, context)
-        if result != 0 {                                // no thread: read when loaded, as without read-ahead
-            Unmanaged<Prefetch>.fromOpaque(context).release()
+        }
+        guard let thread = started.thread else {        // no thread: read when loaded, as without read-ahead
             spare = prefetch.target
             return
         }
+        prefetch.thread = thread
         inFlight = prefetch
     }
 

@@ -15,6 +15,7 @@
 #if canImport(Glibc)
 import Glibc
 #endif
+import StrataIO
 import Synchronization
 
 /// A job handed to a thread (its closure captures only Sendable values).
@@ -43,18 +44,10 @@ enum DeviceFanOut {
                 do throws(E) { result = .success(try job(index)) } catch { result = .failure(error) }
                 results.withLock { $0[index] = result }
             }
-            var thread = pthread_t()
-            let retained = Unmanaged.passRetained(context).toOpaque()
-            let rc = pthread_create(&thread, nil, { argument in
-                let context = Unmanaged<FanOutJob>.fromOpaque(argument!).takeRetainedValue()
-                context.body()
-                return nil
-            }, retained)
-            if rc != 0 {
-                // No thread: run it here instead.
-                Unmanaged<FanOutJob>.fromOpaque(retained).takeRetainedValue().body()
-            } else {
+            if let thread = ThreadSetup.tryStart(context.body).thread {
                 threads.append(thread)
+            } else {
+                context.body()                          // no thread: run it here instead
             }
         }
         for thread in threads { pthread_join(thread, nil) }
