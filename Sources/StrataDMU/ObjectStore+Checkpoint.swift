@@ -141,10 +141,19 @@ extension ObjectStore {
         }
         stateLock.lock()
         defer { stateLock.unlock() }
-        guard failure == nil, !isClosed, !quiescing, !reserves.isEmpty,
-              dirtyPageBytes < limits.dirtyPageBytesMax, dirtyObjects.count < limits.dirtyObjectsMax else { return nil }
+        guard failure == nil, !isClosed, !quiescing, !reserves.isEmpty, boundReachedLocked() == nil else { return nil }
         inFlight += 1
         return openCheckpoint
+    }
+
+    /// The store's own admission bound reached (dirty pages, dirty objects), described, or nil;
+    /// state lock held. Both ways of admission ask this one function, so a new bound is added
+    /// here once (the log's throttle mark is asked separately: the quick way reads it without
+    /// the log's lock).
+    func boundReachedLocked() -> String? {
+        if dirtyPageBytes >= limits.dirtyPageBytesMax { return "\(dirtyPageBytes) bytes of dirty pages, bound \(limits.dirtyPageBytesMax)" }
+        if dirtyObjects.count >= limits.dirtyObjectsMax { return "\(dirtyObjects.count) dirty objects, bound \(limits.dirtyObjectsMax)" }
+        return nil
     }
 
     /// Takes a hold on the open checkpoint, waiting while a switch is in progress, and returns
@@ -177,10 +186,7 @@ extension ObjectStore {
     func waitForRoom() throws(ObjectStoreError) {
         var deadline: UInt64 = 0
         while true {
-            let (dirty, objects) = stateLock.withLock { (dirtyPageBytes, dirtyObjects.count) }
-            var reason: String? = nil
-            if dirty >= limits.dirtyPageBytesMax { reason = "\(dirty) bytes of dirty pages, bound \(limits.dirtyPageBytesMax)" }
-            if objects >= limits.dirtyObjectsMax { reason = "\(objects) dirty objects, bound \(limits.dirtyObjectsMax)" }
+            var reason = stateLock.withLock { boundReachedLocked() }
             if reason == nil, let log {
                 let usage = log.usage
                 if usage.segmentCount * 100 >= usage.segmentCountMax * settings.logThrottlePercent && usage.appendedLSN > usage.coveredThroughLSN {
