@@ -441,19 +441,21 @@ public final class PoolAllocator: Sendable {
 
     /// Frees an extent in the open checkpoint (deferred). Traps on a free of space that is not
     /// allocated, crosses a reserved range or (debug builds) is already freed.
-    public func free(_ extent: Extent) {
-        let observer = state.withLock { state in
-            let slot = state.slot(of: extent.deviceIndex)
-            state.maps[slot].deferFree(offsetBytes: extent.offsetBytes, lengthBytes: extent.lengthBytes, checkpoint: state.openCheckpoint)
-            return state.freeObserver
-        }
-        observer?(extent)
-    }
+    public func free(_ extent: Extent) { deferFrees(CollectionOfOne(extent)) }
 
     /// Frees many extents (deferred) in one trip through the allocator's lock: a checkpoint frees
     /// the old places of every page it maps.
     public func free(_ extents: [Extent]) {
         guard !extents.isEmpty else { return }
+        deferFrees(extents)
+    }
+
+    /// Frees every copy of an allocation (deferred).
+    public func free(_ copies: ExtentCopies) { deferFrees(copies) }
+
+    /// The frees above, in one trip through the lock; the planted-bug observer (tests only)
+    /// sees each extent after it.
+    private func deferFrees<Extents: Sequence<Extent>>(_ extents: Extents) {
         let observer = state.withLock { state in
             for extent in extents {
                 let slot = state.slot(of: extent.deviceIndex)
@@ -462,18 +464,6 @@ public final class PoolAllocator: Sendable {
             return state.freeObserver
         }
         if let observer { for extent in extents { observer(extent) } }
-    }
-
-    /// Frees every copy of an allocation (deferred).
-    public func free(_ copies: ExtentCopies) {
-        let observer = state.withLock { state in
-            for extent in copies {
-                let slot = state.slot(of: extent.deviceIndex)
-                state.maps[slot].deferFree(offsetBytes: extent.offsetBytes, lengthBytes: extent.lengthBytes, checkpoint: state.openCheckpoint)
-            }
-            return state.freeObserver
-        }
-        if let observer { for extent in copies { observer(extent) } }
     }
 
     /// Planted bug for the crash tests' failure proof: `observer` sees every extent as it is
