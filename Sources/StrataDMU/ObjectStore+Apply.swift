@@ -13,14 +13,10 @@ import StrataLog
 import StrataPool
 
 extension ObjectStore {
-    /// The checkpoint changes made now are tagged with.
-    var changeTag: UInt64 { stateLock.withLock { openCheckpoint } }
-
-    /// `tag`: the open checkpoint, when the caller holds the gate and knows it (a transaction);
-    /// nil reads it (replay).
-    func apply(_ operation: ObjectOperation, replaying: Bool, tag knownTag: UInt64? = nil) throws(ObjectStoreError) {
+    /// `tag`: the open checkpoint, which every change made here is tagged with (a transaction
+    /// holds the gate and knows it; replay reads it once: no checkpoint runs during replay).
+    func apply(_ operation: ObjectOperation, replaying: Bool, tag: UInt64) throws(ObjectStoreError) {
         if case .nothing = operation { return }
-        let tag = knownTag ?? changeTag
         switch operation {
         case .nothing:
             return
@@ -165,100 +161,75 @@ extension ObjectStore {
     /// its home first (or zeros for a hole or past the end). With `skipHoles`, chunks that are a
     /// hole with no page are left alone (zeroing them would change nothing). All reads happen
     /// before any page changes.
-    /// Returns the number of pages added; with `counted` (the default) they are already added to
-    /// `dirtyPageBytes`, else the caller adds them.
-    @discardableResult
+    /// Returns the number of pages added, which the caller adds to `dirtyPageBytes` (with its
+    /// other state changes, in one trip through the state lock).
     func writePages(_ state: ObjectState, map: ExtentMap, sizeBytes: UInt64, offset: UInt64, bytes: UnsafeRawBufferPointer,
-                    skipHoles: Bool, counted: Bool = true, wholePageChecksum: UInt32? = nil) throws(ObjectStoreError) -> Int {
+                    skipHoles: Bool, wholePageChecksum: UInt32? = nil) throws(ObjectStoreError) -> Int {
         let end = offset + UInt64(bytes.count)
         let firstChunk = offset / 4096
         let lastChunk = (end - 1) / 4096
-        if firstChunk == lastChunk {
-            let added = try writeOnePage(state, map: map, sizeBytes: sizeBytes, offset: offset, bytes: bytes, skipHoles: skipHoles,
-                                         wholePageChecksum: wholePageChecksum)
-            if counted && added > 0 { stateLock.withLock { dirtyPageBytes += added * Page.bytes } }
-            return added
-        }
-        var prepared: [(chunk: UInt64, page: Page, isNew: Bool)] = []
-        prepared.reserveCapacity(Int(lastChunk - firstChunk + 1))
-        for chunk in firstChunk...lastChunk {
-            let start = chunk * 4096
-            let whole = offset <= start && end >= start + 4096
-            if let page = state.pages[chunk] {
-                if page.isStaged {
-                    // The checkpoint's writeback reads the staged page: change a copy (or, when
-                    // the write covers the page, a fresh page: nothing of the old one survives).
-                    prepared.append((chunk, whole ? Page() : Page(copying: page), true))
-                } else {
-                    prepared.append((chunk, page, false))
-                }
-                continue
-            }
-            if skipHoles && (start >= sizeBytes || map.chunk(containing: start) == nil) { continue }
-            let page = Page()
-            if whole {
-                prepared.append((chunk, page, true))
-            } else {
-                try readHome(state.number, map: map, sizeBytes: sizeBytes, chunk: chunk, into: page.bytes)
-                prepared.append((chunk, page, true))
-            }
-        }
-        // Nothing can fail from here on.
         var added = 0
-        for entry in prepared {
-            let start = entry.chunk * 4096
-            let from = max(offset, start)
-            let to = min(end, start + 4096)
-            let source = UnsafeRawBufferPointer(rebasing: bytes[Int(from - offset) ..< Int(to - offset)])
-            UnsafeMutableRawBufferPointer(rebasing: entry.page.bytes[Int(from - start) ..< Int(to - start)]).copyMemory(from: source)
-            entry.page.checksum = CRC32C.checksum(UnsafeRawBufferPointer(entry.page.bytes))
-            if entry.isNew {
-                state.pages[entry.chunk] = entry.page
-                added += 1
+        if firstChunk == lastChunk {
+            // Every small overwrite: no array of prepared pages (no allocation per write).
+            guard let prepared = try preparePage(state, map: map, sizeBytes: sizeBytes, chunk: firstChunk, offset: offset, end: end,
+                                                 skipHoles: skipHoles) else { return 0 }
+            fillPage(state, prepared, chunk: firstChunk, offset: offset, bytes: bytes, wholePageChecksum: wholePageChecksum)
+            added = prepared.isNew ? 1 : 0
+        } else {
+            var prepared: [(chunk: UInt64, page: Page, isNew: Bool)] = []
+            prepared.reserveCapacity(Int(lastChunk - firstChunk + 1))
+            for chunk in firstChunk...lastChunk {
+                if let entry = try preparePage(state, map: map, sizeBytes: sizeBytes, chunk: chunk, offset: offset, end: end, skipHoles: skipHoles) {
+                    prepared.append((chunk, entry.page, entry.isNew))
+                }
+            }
+            // Nothing can fail from here on.
+            for entry in prepared {
+                fillPage(state, (entry.page, entry.isNew), chunk: entry.chunk, offset: offset, bytes: bytes, wholePageChecksum: nil)
+                if entry.isNew { added += 1 }
             }
         }
-        if counted && added > 0 { stateLock.withLock { dirtyPageBytes += added * Page.bytes } }
         return added
     }
 
-    /// `writePages` for a write inside one 4 KiB chunk (every small overwrite): the same steps
-    /// without the array of prepared pages, so no allocation and one dictionary probe and one
-    /// retain fewer. Returns 1 when it added a page (not counted in `dirtyPageBytes`), else 0.
-    /// `wholePageChecksum`, for a write of exactly the page, is `CRC32C.checksum(bytes)` taken by
-    /// the caller (checked in debug builds).
-    private func writeOnePage(_ state: ObjectState, map: ExtentMap, sizeBytes: UInt64, offset: UInt64,
-                              bytes: UnsafeRawBufferPointer, skipHoles: Bool, wholePageChecksum: UInt32? = nil) throws(ObjectStoreError) -> Int {
-        let chunk = offset / 4096
+    /// The page chunk `chunk` of a write of `offset..<end` goes into, read from home first when
+    /// partly covered: the object's page; a new one (a copy when the page is staged — the
+    /// checkpoint's writeback reads it — or a fresh page when the write covers it whole); nil
+    /// for a hole left alone (`skipHoles`). Changes nothing.
+    private func preparePage(_ state: ObjectState, map: ExtentMap, sizeBytes: UInt64, chunk: UInt64, offset: UInt64, end: UInt64,
+                             skipHoles: Bool) throws(ObjectStoreError) -> (page: Page, isNew: Bool)? {
+        let start = chunk * 4096
+        let whole = offset <= start && end >= start + 4096
+        if let page = state.pages[chunk] {
+            guard page.isStaged else { return (page, false) }
+            return (whole ? Page() : Page(copying: page), true)
+        }
+        if skipHoles && (start >= sizeBytes || map.chunk(containing: start) == nil) { return nil }
+        let page = Page()
+        if !whole { try readHome(state.number, map: map, sizeBytes: sizeBytes, chunk: chunk, into: page.bytes) }
+        return (page, true)
+    }
+
+    /// Copies the part of `bytes` (written at `offset`) that falls in `chunk` into its prepared
+    /// page, sets the page's checksum, and installs a new page. `wholePageChecksum`, for a write
+    /// of exactly this page, is `CRC32C.checksum(bytes)` taken by the caller (checked in debug
+    /// builds), so the page is not read again to checksum it.
+    private func fillPage(_ state: ObjectState, _ prepared: (page: Page, isNew: Bool), chunk: UInt64, offset: UInt64,
+                          bytes: UnsafeRawBufferPointer, wholePageChecksum: UInt32?) {
         let start = chunk * 4096
         let end = offset + UInt64(bytes.count)
-        precondition(end <= start + 4096 && !bytes.isEmpty, "one-page write of \(bytes.count) bytes at \(offset) crosses chunk \(chunk)")
-        let whole = offset == start && end == start + 4096
-        let page: Page
-        let isNew: Bool
-        if let existing = state.pages[chunk] {
-            if existing.isStaged {
-                page = whole ? Page() : Page(copying: existing)
-                isNew = true
-            } else {
-                page = existing
-                isNew = false
-            }
-        } else {
-            if skipHoles && (start >= sizeBytes || map.chunk(containing: start) == nil) { return 0 }
-            page = Page()
-            isNew = true
-            if !whole { try readHome(state.number, map: map, sizeBytes: sizeBytes, chunk: chunk, into: page.bytes) }
-        }
-        // Nothing can fail from here on.
-        UnsafeMutableRawBufferPointer(rebasing: page.bytes[Int(offset - start) ..< Int(end - start)]).copyMemory(from: bytes)
-        if whole, let given = wholePageChecksum {
+        let from = max(offset, start)
+        let to = min(end, start + 4096)
+        let page = prepared.page
+        UnsafeMutableRawBufferPointer(rebasing: page.bytes[Int(from - start) ..< Int(to - start)])
+            .copyMemory(from: UnsafeRawBufferPointer(rebasing: bytes[Int(from - offset) ..< Int(to - offset)]))
+        if from == start && to == start + 4096, let given = wholePageChecksum {
             assert(given == CRC32C.checksum(UnsafeRawBufferPointer(page.bytes)), "page checksum given for object \(state.number) chunk \(chunk) is wrong")
             page.checksum = given
         } else {
             page.checksum = CRC32C.checksum(UnsafeRawBufferPointer(page.bytes))
         }
-        if isNew { state.pages[chunk] = page }
-        return isNew ? 1 : 0
+        if prepared.isNew { state.pages[chunk] = page }
     }
 
     /// A small write: the bytes go to the object's pages (the record carries them to the log).
@@ -290,7 +261,7 @@ extension ObjectStore {
             map = try extentMap(of: state, dnode: dnode!)
         }
         if end > facts.sizeBytes && dnode == nil { dnode = try existing(object) }
-        let added = try writePages(state, map: map, sizeBytes: facts.sizeBytes, offset: offset, bytes: bytes, skipHoles: false, counted: false,
+        let added = try writePages(state, map: map, sizeBytes: facts.sizeBytes, offset: offset, bytes: bytes, skipHoles: false,
                                    wholePageChecksum: wholePageChecksum)
         if end > facts.sizeBytes, var grown = dnode {
             grown.sizeBytes = end
@@ -327,18 +298,20 @@ extension ObjectStore {
         let zeros = UnsafeMutableRawBufferPointer.allocate(byteCount: 4096, alignment: 16)
         defer { zeros.deallocate() }
         zeros.initializeMemory(as: UInt8.self, repeating: 0)
+        var added = 0                                   // counted even when a later edge throws
+        defer { if added > 0 { stateLock.withLock { dirtyPageBytes += added * Page.bytes } } }
         if innerStart > innerEnd {
             // The whole range is inside one chunk.
-            try writePages(state, map: map, sizeBytes: sizeBytes, offset: range.lowerBound,
+            added += try writePages(state, map: map, sizeBytes: sizeBytes, offset: range.lowerBound,
                            bytes: UnsafeRawBufferPointer(rebasing: zeros[0 ..< Int(range.count)]), skipHoles: true)
             return
         }
         if range.lowerBound < innerStart {
-            try writePages(state, map: map, sizeBytes: sizeBytes, offset: range.lowerBound,
+            added += try writePages(state, map: map, sizeBytes: sizeBytes, offset: range.lowerBound,
                            bytes: UnsafeRawBufferPointer(rebasing: zeros[0 ..< Int(innerStart - range.lowerBound)]), skipHoles: true)
         }
         if innerEnd < range.upperBound {
-            try writePages(state, map: map, sizeBytes: sizeBytes, offset: innerEnd,
+            added += try writePages(state, map: map, sizeBytes: sizeBytes, offset: innerEnd,
                            bytes: UnsafeRawBufferPointer(rebasing: zeros[0 ..< Int(range.upperBound - innerEnd)]), skipHoles: true)
         }
         if innerStart < innerEnd {

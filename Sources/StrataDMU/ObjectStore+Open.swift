@@ -65,13 +65,14 @@ extension ObjectStore {
                                 indexCache: indexCache, nextObject: nextObject)
         let startNs = Monitor.nowNs()
         var replayed = 0
+        let replayTag = store.stateLock.withLock { store.openCheckpoint }   // constant: no checkpoint during replay
         let body: (LogRecord, RawSpan) throws -> Void = { record, payload in
             let operation = payload.withUnsafeBytes { raw in ObjectOperation.decode(type: record.type, payload: raw) }
             guard let operation else {
                 throw ObjectStoreError.corruptLog(lsn: record.lsn, reason: "record type \(record.type) of \(record.payloadBytes) bytes does not decode")
             }
             do {
-                try store.apply(operation, replaying: true)
+                try store.apply(operation, replaying: true, tag: replayTag)
             } catch {
                 throw ObjectStoreError.corruptLog(lsn: record.lsn, reason: "\(operation.type) does not apply: \(error)")
             }
