@@ -96,9 +96,10 @@ public struct ObjectStoreSettings: Sendable, Equatable {
     /// Discard the space each checkpoint frees before it is reused (`Pool.discardsFreedSpace`:
     /// BLKDISCARD on block devices, a punched hole in files; set on the pool at open; bounds in
     /// `Pool.discardLimits`). Default false. Not discarded: what the last checkpoint before an
-    /// export or a crash freed (the next import makes it free at once, with no discard). On zram it keeps the device's memory to what the pool references: without it,
-    /// every sector the pool ever wrote keeps its compressed copy (a 4 KiB-overwrite run grew
-    /// zram by ~3 GB and stopped only when the allocator came back to sectors it had written).
+    /// export or a crash freed (the next import makes it free at once, with no discard). On zram
+    /// it keeps the device's memory to what the pool references: without it, every sector the
+    /// pool ever wrote keeps its compressed copy (a 4 KiB-overwrite run grew zram by ~3 GB and
+    /// stopped only when the allocator came back to sectors it had written).
     public var discardFreedSpace = false
     /// A checkpoint starts when dirty pages reach this percentage of `dirtyBytesMax`.
     public var checkpointDirtyPercent: Int = 50

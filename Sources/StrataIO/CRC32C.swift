@@ -40,7 +40,7 @@ public enum CRC32C {
     /// checksum. A 4 KiB overwrite uses it to get its log record's checksum from its data's.
     public final class Shift: @unchecked Sendable {
         public let lengthBytes: Int
-        @usableFromInline let tables: UnsafeMutablePointer<UInt32>     // 4 × 256, never freed (static use)
+        @usableFromInline let tables: UnsafeMutablePointer<UInt32>     // 4 × 256
 
         public init(lengthBytes: Int) {
             precondition(lengthBytes > 0, "a shift of \(lengthBytes) bytes")

@@ -246,11 +246,10 @@ extension Pool {
         }
     }
 
-    /// Discards freed ranges of one device. Never fails the commit: a device that does not
-    /// support discard is skipped from then on (one log line); another failure is counted and
-    /// the first one logged.
+    /// Discards freed ranges of one device (the allocator leaves out devices in `unsupported`).
+    /// Never fails the commit: a device that does not support discard is skipped from then on
+    /// (one log line); another failure is counted and the first one logged.
     private func discard(_ ranges: [Range<UInt64>], deviceIndex: Int, budget: inout Int, _ discard: inout DiscardState) {
-        guard !discard.unsupported.contains(deviceIndex) else { return }
         let device = devices[deviceIndex]
         for (position, range) in ranges.enumerated() {
             if budget == 0 {
@@ -269,7 +268,6 @@ extension Pool {
             } catch {
                 if case .system(_, _, let code) = error, code == EOPNOTSUPP || code == ENOTTY || code == ENOSYS {
                     discard.unsupported.insert(deviceIndex)
-                    discard.statistics.unsupportedDevices = discard.unsupported.sorted()
                     Diagnostics.log("strata pool: \(device.path) does not support discard (\(error)); freed space on it is no longer discarded")
                     return
                 }

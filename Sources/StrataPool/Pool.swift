@@ -154,7 +154,13 @@ public final class Pool: Sendable {
     }
 
     /// What the discards of freed space did since import.
-    public var discardStatistics: DiscardStatistics { state.withLock { $0.discard.statistics } }
+    public var discardStatistics: DiscardStatistics {
+        state.withLock { state in
+            var statistics = state.discard.statistics
+            statistics.unsupportedDevices = state.discard.unsupported.sorted()
+            return statistics
+        }
+    }
 
     /// Planted bug for the crash tests' failure proof: every extent is discarded as it is freed,
     /// before the transaction or checkpoint that frees it is durable, so a crash can leave a
