@@ -56,6 +56,30 @@ int CShims_thread_prepare(const char *name, int nice) {
     return setpriority(PRIO_PROCESS, (id_t)tid, nice) == 0 ? 0 : errno;
 }
 
+int CShims_thread_pin(const int *cpus, int count) {
+    cpu_set_t set;
+    CPU_ZERO(&set);
+    for (int i = 0; i < count; i++) {
+        if (cpus[i] < 0 || cpus[i] >= CPU_SETSIZE) return EINVAL;
+        CPU_SET(cpus[i], &set);
+    }
+    return pthread_setaffinity_np(pthread_self(), sizeof set, &set);
+}
+
+int CShims_thread_allowed_cpus(int *cpus, int capacity) {
+    cpu_set_t set;
+    CPU_ZERO(&set);
+    int result = pthread_getaffinity_np(pthread_self(), sizeof set, &set);
+    if (result != 0) return -result;
+    int count = 0;
+    for (int cpu = 0; cpu < CPU_SETSIZE && count < capacity; cpu++) {
+        if (CPU_ISSET(cpu, &set)) cpus[count++] = cpu;
+    }
+    return count;
+}
+
+int CShims_cpu_set_size(void) { return CPU_SETSIZE; }
+
 ssize_t CShims_pwritev2(int fd, const struct iovec *iov, int count, off_t offset, int flags) {
     return pwritev2(fd, iov, count, offset, flags);
 }

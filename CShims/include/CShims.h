@@ -125,6 +125,14 @@ int CShims_file_punch_hole(int fd, uint64_t offset, uint64_t length);
 /// nice value (setpriority on its thread id). Returns 0, or the errno of setpriority (EACCES or
 /// EPERM without CAP_SYS_NICE for a negative value).
 int CShims_thread_prepare(const char *name, int nice);
+/// Restricts the calling thread to the `count` CPUs in `cpus` (each < CPU_SETSIZE). Returns 0 or
+/// the errno of pthread_setaffinity_np (EINVAL: none of them is online and allowed).
+int CShims_thread_pin(const int *cpus, int count);
+/// The CPUs the calling thread may run on, ascending, into `cpus` (at most `capacity`);
+/// returns how many, or -errno.
+int CShims_thread_allowed_cpus(int *cpus, int capacity);
+/// CPU_SETSIZE: CPU numbers are below it.
+int CShims_cpu_set_size(void);
 uint32_t CShims_major(uint64_t rdev);
 uint32_t CShims_minor(uint64_t rdev);
 

@@ -126,6 +126,8 @@ public struct ObjectStoreSettings: Sendable, Equatable {
     /// Run checkpoints on a background thread (triggers above). False: only `checkpoint()` runs
     /// them (tests, crash harness).
     public var backgroundCheckpoints: Bool = true
+    /// CPUs the checkpoint thread may run on; empty (the default): anywhere. See `placeThreads`.
+    public var checkpointCPUs: [Int] = []
     public var log = LogSettings()
     public var dnodeCache = DnodeCacheSettings()
     public var indexNodeCacheBytes: Int = IndexNodeCache.budgetBytesDefault
@@ -147,7 +149,23 @@ public struct ObjectStoreSettings: Sendable, Equatable {
             problems.append("objectLockStripes \(objectLockStripes) is not a power of two")
         }
         if objectStatesMax < 16 { problems.append("objectStatesMax \(objectStatesMax) below 16") }
+        problems += LogSettings.cpuListProblems(checkpointCPUs, "checkpointCPUs")
+        problems += log.validationProblems().map { "log: \($0)" }     // again at the log's open, with its copies
         return problems
+    }
+
+    /// Places the store's threads: the log writer alone on `writerCPUs`; the completer (commit
+    /// callbacks) and the checkpoint thread on `otherCPUs`, where the threads that run
+    /// transactions belong too. The writer is on the critical path of every commit: on its own
+    /// CPU nothing preempts it; and a callback then wakes its committer on the CPU the
+    /// completer runs on, not across CPUs (on a VM, a cross-CPU wakeup is an interrupt sent
+    /// through the hypervisor). Default: no placement. A trade, measured in docs/object-store.md
+    /// ("Thread placement"): commit latency of small writes falls, large writes (whose data the
+    /// committers write themselves) have fewer CPUs.
+    public mutating func placeThreads(writerCPUs: [Int], otherCPUs: [Int]) {
+        log.writerCPUs = writerCPUs
+        log.completerCPUs = otherCPUs
+        checkpointCPUs = otherCPUs
     }
 }
 

@@ -1,7 +1,9 @@
-// ThreadSetup — naming an engine thread and setting its priority (C glue: pthread_setname_np
-// and SYS_gettid are not visible to Swift's Glibc module).
+// ThreadSetup — naming an engine thread, setting its priority and the CPUs it may run on (C
+// glue: pthread_setname_np, SYS_gettid and the CPU_SET macros are not visible to Swift's Glibc
+// module).
 
 import CShims
+import Synchronization
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -12,6 +14,37 @@ public enum ThreadSetup {
     public static func prepare(name: String, nice: Int32) -> Int32 {
         name.withCString { CShims_thread_prepare($0, nice) }
     }
+
+    /// Restricts the calling thread to `cpus` (empty: leaves it as it is). Returns 0 or the errno
+    /// of the refused change (EINVAL when none of them is online and allowed to this process).
+    public static func pin(to cpus: [Int]) -> Int32 {
+        guard !cpus.isEmpty else { return 0 }
+        guard cpus.allSatisfy({ $0 >= 0 && $0 < cpuNumberLimit }) else { return EINVAL }
+        let numbers = cpus.map { Int32($0) }
+        return numbers.withUnsafeBufferPointer { CShims_thread_pin($0.baseAddress, Int32($0.count)) }
+    }
+
+    /// Pins the calling thread (`name`) to `cpus` as `pin(to:)` does; a refusal leaves it where it
+    /// was and logs one line per process naming the setting (`setting`) to change.
+    public static func pinOrReport(_ name: String, to cpus: [Int], setting: String) {
+        let error = pin(to: cpus)
+        guard error != 0 else { return }
+        if !refusedPinReported.exchange(true, ordering: .relaxed) {
+            Diagnostics.log("strata: \(name) runs on any CPU (pinning to CPUs \(cpus) refused, errno \(error)): check \(setting) against the CPUs this process may use (\(allowedCPUs()))")
+        }
+    }
+
+    private static let refusedPinReported = Atomic<Bool>(false)
+
+    /// The CPUs the calling thread may run on, ascending (empty if the system will not say).
+    public static func allowedCPUs() -> [Int] {
+        var numbers = [Int32](repeating: 0, count: cpuNumberLimit)
+        let count = numbers.withUnsafeMutableBufferPointer { CShims_thread_allowed_cpus($0.baseAddress, Int32($0.count)) }
+        return count > 0 ? numbers[0..<Int(count)].map { Int($0) } : []
+    }
+
+    /// CPU numbers are below this (the kernel interface's CPU_SETSIZE, 1024).
+    public static let cpuNumberLimit = Int(CShims_cpu_set_size())
 
     /// Starts a detached-lifetime thread running `body` (which keeps what it captures alive
     /// until it returns); traps when the system refuses a thread. Returns it for a later join.

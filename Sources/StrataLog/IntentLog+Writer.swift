@@ -29,6 +29,7 @@ extension IntentLog {
     /// The dedicated writer thread's loop.
     func writerLoop() {
         Self.prepareThread(name: "strata-logw", nice: settings.writerNice)
+        ThreadSetup.pinOrReport("the log writer", to: settings.writerCPUs, setting: "LogSettings.writerCPUs")
         monitor.lock()
         while true {
             while failure == nil && !isClosed && !batchIsDueLocked() {
@@ -145,6 +146,7 @@ extension IntentLog {
     /// handed over before a failure or close is still completed: it is durable.
     func completerLoop() {
         Self.prepareThread(name: "strata-logc", nice: settings.completerNice)
+        ThreadSetup.pinOrReport("the log completer", to: settings.completerCPUs, setting: "LogSettings.completerCPUs")
         monitor.lock()
         while true {
             while pendingCompletion == nil && failure == nil && !isClosed { monitor.wait(.completer) }

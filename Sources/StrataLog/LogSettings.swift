@@ -4,6 +4,8 @@
 // in-memory settings of one open log, not on-disk format: a log written with one segment size is
 // replayed with the segment size its head and blocks record, whatever the settings say.
 
+import StrataIO
+
 /// How the log's bounds and batching behave. Validate with `validationProblems()`.
 public struct LogSettings: Sendable, Equatable {
     /// How durable a batch is made.
@@ -74,6 +76,11 @@ public struct LogSettings: Sendable, Equatable {
     /// the log): a writer ahead of the appenders writes smaller batches (−5: 23 → 20 records per
     /// batch, −20: 4 records, and fewer overwrites per second). −20…19.
     public var writerNice: Int32 = 0
+    /// CPUs the writer thread may run on; empty (the default): wherever the scheduler puts it.
+    /// See `ObjectStoreSettings.placeThreads` and docs/intent-log.md, "Thread placement".
+    public var writerCPUs: [Int] = []
+    /// CPUs the completer thread (commit callbacks) may run on; empty (the default): anywhere.
+    public var completerCPUs: [Int] = []
     /// Planted bug for the crash tests' failure proof: callbacks fire after the batch is written
     /// but before it is made durable. Never set outside tests.
     @_spi(LogTesting) public var firesCallbacksBeforeDurable = false
@@ -105,6 +112,17 @@ public struct LogSettings: Sendable, Equatable {
         if !(1...100).contains(checkpointRequestPercent) {
             problems.append("checkpointRequestPercent \(checkpointRequestPercent) must be 1...100")
         }
+        problems += Self.cpuListProblems(writerCPUs, "writerCPUs") + Self.cpuListProblems(completerCPUs, "completerCPUs")
+        return problems
+    }
+
+    /// What is wrong with a list of CPU numbers (each in 0..<ThreadSetup.cpuNumberLimit, no repeats).
+    public static func cpuListProblems(_ cpus: [Int], _ name: String) -> [String] {
+        var problems: [String] = []
+        if let bad = cpus.first(where: { $0 < 0 || $0 >= ThreadSetup.cpuNumberLimit }) {
+            problems.append("\(name) names CPU \(bad), outside 0..<\(ThreadSetup.cpuNumberLimit)")
+        }
+        if Set(cpus).count != cpus.count { problems.append("\(name) \(cpus) names a CPU twice") }
         return problems
     }
 }
