@@ -1,7 +1,8 @@
 // strata-perf dmu — the object store's durable write paths, anchored to fio in the same run.
 //
-//   strata-perf dmu [--target file|zram|zramN] [--dir PATH] [--size 32G] [--seconds 3] [--rounds 3]
-//                   [--threads 1,16] [--depth 4] [--workloads new1m,overwrite4k] [--replay-bytes 1G] [--smoke]
+//   strata-perf dmu [--target file|zram|zramN] [--dir PATH] [--size 32G] [--seconds 3] [--ramp 2] [--rounds 3]
+//                   [--threads 1,16] [--depth 4] [--workloads new1m,overwrite4k] [--replay-bytes 1G]
+//                   [--placement none|split] [--smoke]
 //
 // What is measured (one pool on the target, one device holding every role, a fresh pool and
 // store per workload; default settings except a 1 s checkpoint interval for new1m, so the space
@@ -24,7 +25,14 @@
 //   the clock stops. The OSD API is asynchronous in the same way: stop returns, the callback
 //   tells the caller it is durable.
 //   Rounds interleave the sides (fio 1M, fio 4k, then the store on a fresh pool), medians are
-//   reported; fio overwrites the target, so each round creates a new pool.
+//   reported; fio overwrites the target, so each round creates a new pool. Every side runs
+//   --ramp seconds (default 2) before its measured window of --seconds: fio with --ramp_time,
+//   the store with transactions that complete before the window not counted (nor their CPU,
+//   checkpoints or latency), so a round measures steady state rather than a fresh process
+//   growing its page pool and log.
+//   --placement split pins the log writer alone on the last allowed CPU and the completer, the
+//   checkpoint thread and the workload threads on the others (ObjectStoreSettings.placeThreads);
+//   fio stays unpinned. Default none.
 //   - checkpoint: after overwrite4k, the checkpoint that takes its dirty pages home, timed:
 //     bytes written per second, and the longest switch (transactions held off) of the run.
 //   - replay: the log filled with 4 KiB overwrites to --replay-bytes without a checkpoint, then
@@ -62,6 +70,10 @@ struct DMUBenchmark: ParsableCommand {
     var noFio = false
     @Flag(help: "Discard the space checkpoints free (ObjectStoreSettings.discardFreedSpace; off by default).")
     var discard = false
+    @Option(help: "Seconds each side runs before its measured window (fio --ramp_time; Strata: transactions before it are not timed), so a round measures steady state, not the store's warm-up (its page pool and log segments grow in the first seconds of a process). Default 2; --smoke 0.")
+    var ramp: Double?
+    @Option(help: "Thread placement: none (the scheduler places every thread), or split (the log writer alone on the last allowed CPU; the completer, the checkpoint thread and the workload threads on the others: ObjectStoreSettings.placeThreads; needs 2 CPUs). Default none.")
+    var placement: String = "none"
     @Option(name: .customLong("precondition"), help: "Bytes of incompressible data written at the start of the target before the first round, so both sides run on memory zram already holds (default on zram: 4G or half the target, whichever is smaller; 0 on files; 0 skips; never more than the target).")
     var preconditionSize: String?
 
@@ -85,10 +97,16 @@ struct DMUBenchmark: ParsableCommand {
         defer { Cleanup.shared.runAll() }
         let (sizeBytes, runSeconds, threadCounts) = try options.resolved(sizeDefault: 32 << 30, smokeSize: 1 << 30)
         let roundCount = rounds ?? (options.smoke ? 1 : 3)
+        let rampSeconds = ramp ?? (options.smoke ? 0 : 2)
+        guard rampSeconds >= 0 && rampSeconds <= 600 else { throw ValidationError("--ramp must be 0…600 seconds, not \(rampSeconds)") }
         let fillBytes = try replayBytes.map { $0 == "0" ? 0 : try parseSize($0) } ?? (options.smoke ? 16 << 20 : 1 << 30)
         let chosen = Set(workloads.split(separator: ",").map(String.init))
         guard !chosen.isEmpty, chosen.isSubset(of: ["new1m", "overwrite4k"]) else {
             throw ValidationError("--workloads takes new1m and/or overwrite4k, not \(workloads)")
+        }
+        guard placement == "none" || placement == "split" else { throw ValidationError("--placement takes none or split, not \(placement)") }
+        if placement == "split" && ThreadSetup.allowedCPUs().count < 2 {
+            throw ValidationError("--placement split needs at least 2 CPUs; this process may use \(ThreadSetup.allowedCPUs())")
         }
         guard depth >= 1 && depth <= 1024 else { throw ValidationError("--depth must be 1…1024, not \(depth)") }
         let runsNew1m = chosen.contains("new1m"), runsOverwrite4k = chosen.contains("overwrite4k")
@@ -99,7 +117,10 @@ struct DMUBenchmark: ParsableCommand {
         let path = targetDevice.path
         let hasFio = !noFio && (try? Fio.ensureInstalled(scratch: scratch)) != nil
         let fioSize = min(sizeBytes / 2, 2 << 30)
-        print("strata-perf dmu: \(options.target) target \(path), \(sizeBytes >> 20) MiB, \(roundCount) rounds of \(runSeconds) s, \(depth) transaction(s) in flight per thread")
+        print("strata-perf dmu: \(options.target) target \(path), \(sizeBytes >> 20) MiB, \(roundCount) rounds of \(runSeconds) s after \(fixed(rampSeconds, 1)) s of ramp, \(depth) transaction(s) in flight per thread")
+        if let split = placementSplit {
+            print("  placement: log writer on CPU \(split.writer.map(String.init).joined(separator: ",")); completer, checkpoint thread and workload threads on CPU \(split.others.map(String.init).joined(separator: ",")) (fio unpinned)")
+        }
         let preconditionBytes = try preconditionSize.map { $0 == "0" ? 0 : try parseSize($0) }
             ?? (targetDevice.isFile ? 0 : min(4 << 30, sizeBytes / 2))
         if preconditionBytes > 0 { try writePrecondition(path: path, bytes: min(preconditionBytes, sizeBytes)) }
@@ -113,17 +134,17 @@ struct DMUBenchmark: ParsableCommand {
         var checkpointRates: [Double] = [], switchMaxMs: [Double] = [], quiesceMaxMs: [Double] = []
         for round in 0..<roundCount {
             if hasFio && runsNew1m {
-                if let m = try? runFioAnchor(path: path, scratch: scratch, seconds: runSeconds, arguments: [
+                if let m = try? runFioAnchor(path: path, scratch: scratch, seconds: runSeconds, arguments: ["--ramp_time=\(Int(rampSeconds * 1000))ms",
                     "--ioengine=io_uring", "--rw=write", "--bs=1m", "--iodepth=32", "--size=\(fioSize)"]) { fio1m.append(m.mibPerSecond) }
-                if sameDepth != 32, let m = try? runFioAnchor(path: path, scratch: scratch, seconds: runSeconds, arguments: [
+                if sameDepth != 32, let m = try? runFioAnchor(path: path, scratch: scratch, seconds: runSeconds, arguments: ["--ramp_time=\(Int(rampSeconds * 1000))ms",
                     "--ioengine=io_uring", "--rw=write", "--bs=1m", "--iodepth=\(sameDepth)", "--size=\(fioSize)"]) { fio1mSame.append(m.mibPerSecond) }
             }
             if hasFio && runsOverwrite4k {
-                if let m = try? runFioAnchor(path: path, scratch: scratch, seconds: runSeconds, arguments: [
+                if let m = try? runFioAnchor(path: path, scratch: scratch, seconds: runSeconds, arguments: ["--ramp_time=\(Int(rampSeconds * 1000))ms",
                     "--ioengine=io_uring", "--rw=randwrite", "--bs=4k", "--iodepth=32", "--size=\(fioSize)", "--norandommap", "--randrepeat=0"]) {
                     fio4k.append(m.iops)
                 }
-                if sameDepth != 32, let m = try? runFioAnchor(path: path, scratch: scratch, seconds: runSeconds, arguments: [
+                if sameDepth != 32, let m = try? runFioAnchor(path: path, scratch: scratch, seconds: runSeconds, arguments: ["--ramp_time=\(Int(rampSeconds * 1000))ms",
                     "--ioengine=io_uring", "--rw=randwrite", "--bs=4k", "--iodepth=\(sameDepth)", "--size=\(fioSize)", "--norandommap", "--randrepeat=0"]) {
                     fio4kSame.append(m.iops)
                 }
@@ -134,7 +155,7 @@ struct DMUBenchmark: ParsableCommand {
                 let (store, _) = try openStore(path: path, sizeBytes: sizeBytes, purpose: .new1m)
                 for count in threadCounts {
                     do {
-                        new1m[count, default: []].append(try newObjects(store, threads: count, seconds: runSeconds))
+                        new1m[count, default: []].append(try newObjects(store, threads: count, seconds: runSeconds, ramp: rampSeconds))
                     } catch {
                         let space = store.pool.allocator.statistics().devices[0]
                         progress("strata-perf dmu: new1m failed with \(space.usedBytes >> 20) MiB used, \(space.deferredBytes >> 20) MiB deferred, \(space.reservedBytes >> 20) MiB reserved, \(space.freeBytes >> 20) MiB free; \(store.statistics); log \(store.log!.usage)")
@@ -152,7 +173,7 @@ struct DMUBenchmark: ParsableCommand {
                 let (store, _) = try openStore(path: path, sizeBytes: sizeBytes, purpose: .overwrite4k)
                 let objects = try preallocate(store, count: 100, bytes: 4 << 20)
                 for count in threadCounts {
-                    over4k[count, default: []].append(try overwrites(store, objects: objects, threads: count, seconds: runSeconds))
+                    over4k[count, default: []].append(try overwrites(store, objects: objects, threads: count, seconds: runSeconds, ramp: rampSeconds))
                 }
                 measured = store
             }
@@ -264,7 +285,17 @@ struct DMUBenchmark: ParsableCommand {
             settings.checkpointReserveBytes = min(sizeBytes / 3, fillBytes * 3 / 2 + (128 << 20)) / (1 << 20) * (1 << 20)
         }
         settings.discardFreedSpace = discard
+        if let split = placementSplit { settings.placeThreads(writerCPUs: split.writer, otherCPUs: split.others) }
         return settings
+    }
+
+    /// `--placement split`: the last allowed CPU for the log writer, the others for every other
+    /// thread of the store and of the workload; nil for `none`.
+    var placementSplit: (writer: [Int], others: [Int])? {
+        guard placement == "split" else { return nil }
+        let cpus = ThreadSetup.allowedCPUs()
+        guard cpus.count >= 2 else { return nil }
+        return ([cpus.last!], Array(cpus.dropLast()))
     }
 
     func openStore(path: String, sizeBytes: UInt64, purpose: Purpose, fillBytes: UInt64 = 0) throws -> (ObjectStore, BlockDevice) {
@@ -288,32 +319,36 @@ struct DMUBenchmark: ParsableCommand {
         let stop: (Transaction) throws -> Void
     }
 
-    /// Runs `body(thread, completion)` on `count` threads until the deadline, each thread keeping
-    /// at most `depth` transactions stopped and not yet durable (depth 1: it waits for each).
-    /// A transaction counts when its commit callback fires; the thread drains its own before it
-    /// ends, so the elapsed time covers every counted transaction.
-    func loop(threads count: Int, depth: Int, seconds: Double,
+    /// Runs `body(thread, completion)` on `count` threads for `ramp` + `seconds`, each thread
+    /// keeping at most `depth` transactions stopped and not yet durable (depth 1: it waits for
+    /// each). The measured window starts after `ramp` (when `atWindowStart` runs, on the calling
+    /// thread, to snapshot counters): a transaction counts when its commit callback fires inside
+    /// the window, and its latency when it also stopped inside it; the threads drain their own
+    /// before they end, so the window covers every counted transaction.
+    func loop(threads count: Int, depth: Int, seconds: Double, ramp: Double = 0, atWindowStart: () -> Void = {},
               _ body: @escaping @Sendable (Int, Completion) throws -> Void) throws -> (done: Int, elapsed: Double, histogram: LatencyHistogram) {
-        precondition(depth >= 1)
+        precondition(depth >= 1 && ramp >= 0)
         let histograms = (0..<count).map { _ in LockedHistogram() }
         let shared = histograms
         nonisolated(unsafe) let doneRef = UnsafeMutablePointer<Atomic<Int>>.allocate(capacity: 1)
         doneRef.initialize(to: Atomic<Int>(0))
         defer { doneRef.deinitialize(count: 1); doneRef.deallocate() }
         let failure = Mutex<String?>(nil)
-        let deadline = monotonicNanoseconds() + UInt64(seconds * 1e9)
-        let group = DispatchGroup()
         let start = monotonicNanoseconds()
+        let windowStart = start + UInt64(ramp * 1e9)
+        let deadline = windowStart + UInt64(seconds * 1e9)
+        let group = DispatchGroup()
         for thread in 0..<count {
             group.enter()
+            let completionCPUs = placementSplit?.others ?? []
             Thread.detachNewThread {
                 defer { group.leave() }
+                ThreadSetup.pinOrReport("workload thread \(thread)", to: completionCPUs, setting: "--placement")
                 let slots = DispatchSemaphore(value: depth)
                 let completion = Completion { transaction in
                     let stopped = monotonicNanoseconds()
                     try transaction.stop { _ in
-                        let latency = monotonicNanoseconds() - stopped
-                        shared[thread].record(latency)
+                        if stopped >= windowStart { shared[thread].record(monotonicNanoseconds() - stopped) }
                         doneRef.pointee.wrappingAdd(1, ordering: .relaxed)
                         slots.signal()
                     }
@@ -332,21 +367,28 @@ struct DMUBenchmark: ParsableCommand {
                 for _ in 0..<depth { slots.signal() }   // libdispatch traps on disposing a semaphore below its initial value
             }
         }
+        var doneBefore = 0
+        if ramp > 0 {
+            let now = monotonicNanoseconds()
+            if windowStart > now { usleep(useconds_t((windowStart - now) / 1000)) }
+            doneBefore = doneRef.pointee.load(ordering: .relaxed)
+        }
+        atWindowStart()
         group.wait()
-        let elapsed = Double(monotonicNanoseconds() - start) / 1e9
+        let elapsed = Double(monotonicNanoseconds() - max(windowStart, start)) / 1e9
         if let failure = failure.withLock({ $0 }) { throw ValidationError("workload failed: \(failure)") }
         let merged = LatencyHistogram()
         for histogram in histograms { histogram.merge(into: merged) }
-        return (doneRef.pointee.load(ordering: .relaxed), elapsed, merged)
+        return (doneRef.pointee.load(ordering: .relaxed) - doneBefore, elapsed, merged)
     }
 
-    func newObjects(_ store: ObjectStore, threads count: Int, seconds: Double) throws -> Run {
+    func newObjects(_ store: ObjectStore, threads count: Int, seconds: Double, ramp: Double) throws -> Run {
         let data = allocateAlignedBuffer(byteCount: 1 << 20)
         defer { data.deallocate() }
         fillRandom(data)                        // incompressible, as fio's buffers (zram compresses)
         nonisolated(unsafe) let buffer = UnsafeRawBufferPointer(data)
         let owned = Mutex<[[UInt64]]>(Array(repeating: [], count: count))
-        let result = try loop(threads: count, depth: depth, seconds: seconds) { thread, completion in
+        let result = try loop(threads: count, depth: depth, seconds: seconds, ramp: ramp) { thread, completion in
             let transaction = store.transaction()
             let object = transaction.declareCreate()
             transaction.declareWrite(object, offset: 0, length: buffer.count)
@@ -400,7 +442,7 @@ struct DMUBenchmark: ParsableCommand {
         return objects
     }
 
-    func overwrites(_ store: ObjectStore, objects: [UInt64], threads count: Int, seconds: Double) throws -> Run {
+    func overwrites(_ store: ObjectStore, objects: [UInt64], threads count: Int, seconds: Double, ramp: Double) throws -> Run {
         let blocks = UInt64(4 << 20) / 4096
         let random = allocateAlignedBuffer(byteCount: 1 << 20)
         defer { random.deallocate() }
@@ -412,10 +454,14 @@ struct DMUBenchmark: ParsableCommand {
         for thread in 0..<count { (generators + thread).initialize(to: SplitMix(state: UInt64(thread + 1) &* 0x2545_F491_4F6C_DD1D)) }
         defer { generators.deallocate() }
         let chunks = UInt64(randomBytes.count / 4096)
-        let before = store.statistics
-        let cpuBefore = processCPUNanoseconds()
-        let logBefore = store.log!.statistics
-        let result = try loop(threads: count, depth: depth, seconds: seconds) { thread, completion in
+        var before = store.statistics
+        var cpuBefore = processCPUNanoseconds()
+        var logBefore = store.log!.statistics
+        let result = try loop(threads: count, depth: depth, seconds: seconds, ramp: ramp, atWindowStart: {
+            before = store.statistics
+            cpuBefore = processCPUNanoseconds()
+            logBefore = store.log!.statistics
+        }) { thread, completion in
             let start = Int(generators[thread].next() % chunks) * 4096
             let block = UnsafeRawBufferPointer(rebasing: randomBytes[start ..< start + 4096])
             let object = objects[Int(generators[thread].next() % UInt64(objects.count))]
@@ -453,8 +499,10 @@ struct DMUBenchmark: ParsableCommand {
         let group = DispatchGroup()
         for thread in 0..<4 {
             group.enter()
+            let completionCPUs = placementSplit?.others ?? []
             Thread.detachNewThread {
                 defer { group.leave() }
+                ThreadSetup.pinOrReport("workload thread \(thread)", to: completionCPUs, setting: "--placement")
                 var block = [UInt8](repeating: UInt8(thread), count: 4096)
                 block.withUnsafeMutableBytes { fillRandom($0) }
                 while store.log!.appendedLSN - covered < target {
