@@ -77,7 +77,7 @@ public struct LogSettings: Sendable, Equatable {
     /// batch, −20: 4 records, and fewer overwrites per second). −20…19.
     public var writerNice: Int32 = 0
     /// CPUs the writer thread may run on; empty (the default): wherever the scheduler puts it.
-    /// See `ObjectStoreSettings.placeThreads` and docs/intent-log.md, "Thread placement".
+    /// See `ObjectStoreSettings.placeThreads` and docs/object-store.md, "Thread placement".
     public var writerCPUs: [Int] = []
     /// CPUs the completer thread (commit callbacks) may run on; empty (the default): anywhere.
     public var completerCPUs: [Int] = []
