@@ -1,7 +1,7 @@
 // strata-perf dmu — the object store's durable write paths, anchored to fio in the same run.
 //
 //   strata-perf dmu [--target file|zram|zramN] [--dir PATH] [--size 32G] [--seconds 3] [--ramp 2] [--rounds 3]
-//                   [--threads 1,16] [--depth 4] [--workloads new1m,overwrite4k] [--replay-bytes 1G]
+//                   [--threads 1,16] [--depth 4] [--depth-low 3] [--workloads new1m,overwrite4k] [--replay-bytes 1G]
 //                   [--placement none|split] [--smoke]
 //
 // What is measured (one pool on the target, one device holding every role, a fresh pool and
@@ -17,7 +17,8 @@
 //     4 KiB randwrite QD32. The data travels in the log: one sequential append per write.
 //   - commit latency p50/p99 (stop → callback) of both at each thread count.
 //   Each thread keeps up to --depth transactions stopped and not yet durable (default 4: 16
-//   threads keep 64 in flight; --depth 1 waits for each before the next). fio runs at QD32 (the
+//   threads keep 64 in flight; --depth 1 waits for each before the next; a thread that had to
+//   wait wakes when --depth-low are left, by default as soon as one is durable). fio runs at QD32 (the
 //   issue's anchor) and, when threads × depth is not 32, at that depth too, so the ratio at the
 //   same number of outstanding writes is printed beside it. A Lustre OST works this way: its
 //   threads reply before the commit and learn of it from the callback (last_committed). A
@@ -62,6 +63,8 @@ struct DMUBenchmark: ParsableCommand {
     var rounds: Int?
     @Option(help: "Transactions each thread keeps stopped and not yet durable (default 4: 16 threads keep 64 in flight, and fio runs at QD64 as well as QD32; 1: each thread waits for each).")
     var depth: Int = 4
+    @Option(help: "A thread that waits for a free slot wakes when this many of its transactions are still in flight (fio's iodepth_low). Default --depth − 1: as soon as one is durable. Lower: fewer, larger wakeups.")
+    var depthLow: Int?
     @Option(help: "Comma-separated workloads: new1m (1 MiB creates), overwrite4k (4 KiB overwrites) (default both).")
     var workloads: String = "new1m,overwrite4k"
     @Option(help: "Log bytes to fill and replay (default 1G; --smoke 16M; 0 skips).")
@@ -107,6 +110,9 @@ struct DMUBenchmark: ParsableCommand {
         guard placement == "none" || placement == "split" else { throw ValidationError("--placement takes none or split, not \(placement)") }
         if placement == "split" && ThreadSetup.allowedCPUs().count < 2 {
             throw ValidationError("--placement split needs at least 2 CPUs; this process may use \(ThreadSetup.allowedCPUs())")
+        }
+        if let depthLow, !(0..<depth).contains(depthLow) {
+            throw ValidationError("--depth-low must be 0…\(depth - 1) (below --depth), not \(depthLow)")
         }
         guard depth >= 1 && depth <= 1024 else { throw ValidationError("--depth must be 1…1024, not \(depth)") }
         let runsNew1m = chosen.contains("new1m"), runsOverwrite4k = chosen.contains("overwrite4k")
@@ -312,6 +318,52 @@ struct DMUBenchmark: ParsableCommand {
         func merge(into other: LatencyHistogram) { lock.withLock { _ in other.merge(histogram) } }
     }
 
+    /// One workload thread's transactions in flight: `begin` waits while `depth` are, and once
+    /// it waits, is woken only when no more than `low` are (fio's iodepth_low; `depth − 1`: at
+    /// the first that becomes durable, as a counting semaphore would).
+    final class Slots: @unchecked Sendable {
+        private let monitor = Monitor()
+        private let depth: Int, low: Int
+        private var inFlight = 0
+        private var waiting = false
+
+        init(depth: Int, low: Int) {
+            precondition(depth >= 1 && low >= 0 && low < depth)
+            self.depth = depth
+            self.low = low
+        }
+
+        func begin() {
+            monitor.lock()
+            while inFlight >= depth {
+                waiting = true
+                monitor.wait()
+            }
+            inFlight += 1
+            monitor.unlock()
+        }
+
+        func finish() {
+            monitor.lock()
+            precondition(inFlight > 0, "a transaction finished that never began")
+            inFlight -= 1
+            let wakes = waiting && (inFlight <= low || inFlight == 0)
+            if wakes { waiting = false }
+            monitor.unlock()
+            if wakes { monitor.signal() }
+        }
+
+        /// Waits until none is in flight.
+        func drain() {
+            monitor.lock()
+            while inFlight > 0 {
+                waiting = true
+                monitor.wait()
+            }
+            monitor.unlock()
+        }
+    }
+
     /// What a loop body hands back: how to stop its transaction so that the loop learns when it
     /// is durable. `stop(transaction)` stops it with a callback that counts it and records its
     /// stop → durable latency, once.
@@ -344,27 +396,26 @@ struct DMUBenchmark: ParsableCommand {
             Thread.detachNewThread {
                 defer { group.leave() }
                 ThreadSetup.pinOrReport("workload thread \(thread)", to: completionCPUs, setting: "--placement")
-                let slots = DispatchSemaphore(value: depth)
+                let slots = Slots(depth: depth, low: depthLow ?? depth - 1)
                 let completion = Completion { transaction in
                     let stopped = monotonicNanoseconds()
                     try transaction.stop { _ in
                         if stopped >= windowStart { shared[thread].record(monotonicNanoseconds() - stopped) }
                         doneRef.pointee.wrappingAdd(1, ordering: .relaxed)
-                        slots.signal()
+                        slots.finish()
                     }
                 }
                 while monotonicNanoseconds() < deadline {
-                    slots.wait()
+                    slots.begin()
                     do {
                         try body(thread, completion)
                     } catch {
-                        slots.signal()
+                        slots.finish()
                         failure.withLock { $0 = "\(error)" }
                         break
                     }
                 }
-                for _ in 0..<depth { slots.wait() }     // every stopped transaction durable
-                for _ in 0..<depth { slots.signal() }   // libdispatch traps on disposing a semaphore below its initial value
+                slots.drain()                           // every stopped transaction durable
             }
         }
         var doneBefore = 0
