@@ -247,8 +247,7 @@ extension ObjectStore {
     }
 
     func checkpointLoop() {
-        _ = ThreadSetup.prepare(name: "strata-ckpt", nice: 0)   // named for top and perf
-        ThreadSetup.pinOrReport("the checkpoint thread", to: settings.checkpointCPUs, setting: "ObjectStoreSettings.checkpointCPUs")
+        ThreadSetup.prepare(name: "strata-ckpt", cpus: settings.checkpointCPUs, cpusSetting: "ObjectStoreSettings.checkpointCPUs")
         stateLock.lock()
         while !isClosed && failure == nil {
             let due = lastCheckpointNs + settings.checkpointIntervalNs

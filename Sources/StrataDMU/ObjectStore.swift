@@ -149,7 +149,7 @@ public struct ObjectStoreSettings: Sendable, Equatable {
             problems.append("objectLockStripes \(objectLockStripes) is not a power of two")
         }
         if objectStatesMax < 16 { problems.append("objectStatesMax \(objectStatesMax) below 16") }
-        problems += LogSettings.cpuListProblems(checkpointCPUs, "checkpointCPUs")
+        problems += ThreadSetup.cpuListProblems(checkpointCPUs, "checkpointCPUs")
         problems += log.validationProblems().map { "log: \($0)" }     // again at the log's open, with its copies
         return problems
     }

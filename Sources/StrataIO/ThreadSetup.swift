@@ -9,11 +9,19 @@ import Glibc
 #endif
 
 public enum ThreadSetup {
-    /// Names the calling thread (15 bytes at most are kept) and, when `nice` is not 0, sets its
-    /// nice value. Returns 0 or the errno of the refused priority change.
-    public static func prepare(name: String, nice: Int32) -> Int32 {
-        name.withCString { CShims_thread_prepare($0, nice) }
+    /// Prepares an engine thread, from its first line: names it (15 bytes at most are kept, for
+    /// top and perf), sets its nice value when not 0, and pins it to `cpus` when not empty. A
+    /// refused priority or pinning leaves the thread as it was and logs one line per process
+    /// (per kind, not per thread or per store opened), naming the setting to change.
+    public static func prepare(name: String, nice: Int32 = 0, niceSetting: String = "", cpus: [Int] = [], cpusSetting: String = "") {
+        let refused = name.withCString { CShims_thread_prepare($0, nice) }
+        if refused != 0 && !refusedNiceReported.exchange(true, ordering: .relaxed) {
+            Diagnostics.log("strata: \(name) keeps the default priority (setpriority to nice \(nice) refused, errno \(refused)): give the process CAP_SYS_NICE, or set \(niceSetting) to 0")
+        }
+        pinOrReport(name, to: cpus, setting: cpusSetting)
     }
+
+    private static let refusedNiceReported = Atomic<Bool>(false)
 
     /// Restricts the calling thread to `cpus` (empty: leaves it as it is). Returns 0 or the errno
     /// of the refused change (EINVAL when none of them is online and allowed to this process).
@@ -45,6 +53,16 @@ public enum ThreadSetup {
 
     /// CPU numbers are below this (the kernel interface's CPU_SETSIZE, 1024).
     public static let cpuNumberLimit = Int(CShims_cpu_set_size())
+
+    /// What is wrong with a setting that lists CPUs (`name`): each in 0..<cpuNumberLimit, no repeats.
+    public static func cpuListProblems(_ cpus: [Int], _ name: String) -> [String] {
+        var problems: [String] = []
+        if let bad = cpus.first(where: { $0 < 0 || $0 >= cpuNumberLimit }) {
+            problems.append("\(name) names CPU \(bad), outside 0..<\(cpuNumberLimit)")
+        }
+        if Set(cpus).count != cpus.count { problems.append("\(name) \(cpus) names a CPU twice") }
+        return problems
+    }
 
     /// Starts a detached-lifetime thread running `body` (which keeps what it captures alive
     /// until it returns); traps when the system refuses a thread. Returns it for a later join.

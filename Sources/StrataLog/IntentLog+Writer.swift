@@ -28,8 +28,8 @@ import StrataPool
 extension IntentLog {
     /// The dedicated writer thread's loop.
     func writerLoop() {
-        Self.prepareThread(name: "strata-logw", nice: settings.writerNice)
-        ThreadSetup.pinOrReport("the log writer", to: settings.writerCPUs, setting: "LogSettings.writerCPUs")
+        ThreadSetup.prepare(name: "strata-logw", nice: settings.writerNice, niceSetting: "LogSettings.writerNice",
+                            cpus: settings.writerCPUs, cpusSetting: "LogSettings.writerCPUs")
         monitor.lock()
         while true {
             while failure == nil && !isClosed && !batchIsDueLocked() {
@@ -145,8 +145,8 @@ extension IntentLog {
     /// order, then moves `lastDurableLSN` and wakes the `sync()` waiters it satisfies. A batch
     /// handed over before a failure or close is still completed: it is durable.
     func completerLoop() {
-        Self.prepareThread(name: "strata-logc", nice: settings.completerNice)
-        ThreadSetup.pinOrReport("the log completer", to: settings.completerCPUs, setting: "LogSettings.completerCPUs")
+        ThreadSetup.prepare(name: "strata-logc", nice: settings.completerNice, niceSetting: "LogSettings.completerNice",
+                            cpus: settings.completerCPUs, cpusSetting: "LogSettings.completerCPUs")
         monitor.lock()
         while true {
             while pendingCompletion == nil && failure == nil && !isClosed { monitor.wait(.completer) }
@@ -261,17 +261,3 @@ extension IntentLog {
     }
 }
 
-extension IntentLog {
-    /// A refused priority is reported once per process, not once per log opened.
-    static let refusedNiceReported = Atomic<Bool>(false)
-
-    /// Names a log thread (for top and perf) and applies its nice value from `LogSettings`; a
-    /// refused priority leaves the thread at the default, and the first is logged.
-    static func prepareThread(name: String, nice: Int32) {
-        let error = ThreadSetup.prepare(name: name, nice: nice)
-        guard error != 0 else { return }
-        if !refusedNiceReported.exchange(true, ordering: .relaxed) {
-            Diagnostics.log("strata log: \(name) keeps the default priority (setpriority to nice \(nice) refused, errno \(error)); give the process CAP_SYS_NICE, or set LogSettings.completerNice / writerNice to 0")
-        }
-    }
-}

@@ -112,17 +112,7 @@ public struct LogSettings: Sendable, Equatable {
         if !(1...100).contains(checkpointRequestPercent) {
             problems.append("checkpointRequestPercent \(checkpointRequestPercent) must be 1...100")
         }
-        problems += Self.cpuListProblems(writerCPUs, "writerCPUs") + Self.cpuListProblems(completerCPUs, "completerCPUs")
-        return problems
-    }
-
-    /// What is wrong with a list of CPU numbers (each in 0..<ThreadSetup.cpuNumberLimit, no repeats).
-    public static func cpuListProblems(_ cpus: [Int], _ name: String) -> [String] {
-        var problems: [String] = []
-        if let bad = cpus.first(where: { $0 < 0 || $0 >= ThreadSetup.cpuNumberLimit }) {
-            problems.append("\(name) names CPU \(bad), outside 0..<\(ThreadSetup.cpuNumberLimit)")
-        }
-        if Set(cpus).count != cpus.count { problems.append("\(name) \(cpus) names a CPU twice") }
+        problems += ThreadSetup.cpuListProblems(writerCPUs, "writerCPUs") + ThreadSetup.cpuListProblems(completerCPUs, "completerCPUs")
         return problems
     }
 }
