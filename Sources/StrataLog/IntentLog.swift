@@ -444,13 +444,7 @@ public final class IntentLog: @unchecked Sendable {
         withUnsafeMutableBytes(of: &checksums) { raw in
             let slots = raw.bindMemory(to: UInt32.self)
             for index in 0..<precomputed {
-                let record = records[index]
-                if let given = record.payloadChecksum {
-                    assert(given == CRC32C.checksum(record.payload), "record \(index) of type \(record.type): payload checksum given wrong")
-                    slots[index] = given
-                } else {
-                    slots[index] = record.payload.withUnsafeBytes { CRC32C.checksum($0) }
-                }
+                slots[index] = records[index].payload.withUnsafeBytes { Self.checksum(of: records[index], $0) }
             }
         }
         monitor.lock()
