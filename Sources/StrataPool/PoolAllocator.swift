@@ -46,9 +46,10 @@
 //                             durable view at the cut (allocated minus pending frees minus held).
 //                             Write them, then the uberblock of N. Traps when the previous
 //                             checkpoint is not durable yet (one checkpoint in flight, as a txg).
-//   checkpointDurable(N)      N's uberblock is durable: the frees of N−1 become allocatable (with
-//                             `discarding:`, after a callback has discarded them). Traps
+//   checkpointDurable(N)      N's uberblock is durable: the frees of N−1 become allocatable. Traps
 //                             unless N is the checkpoint last begun and follows the last durable.
+//                             For discards, in two halves: checkpointDurableHoldingFrees(N), then
+//                             releaseHeldFrees(of: N) hands them to a callback first.
 // So space freed in checkpoint N is allocatable only once N+1 is durable (DESIGN.md). On import,
 // construct with `openCheckpoint: lastDurable + 1`, load every bitmap block, then replay the log
 // (`markAllocated` for extents its records allocated).
@@ -198,8 +199,9 @@ public final class PoolAllocator: Sendable {
         var placements: [Placement] = []
         /// Crash tests' planted bug only (`observeFreesForTesting`).
         var freeObserver: (@Sendable (Extent) -> Void)?
-        /// The checkpoint whose predecessor's frees are being discarded (`checkpointDurable(_:
-        /// skipping:discarding:)`): no cut and no other checkpoint may become durable meanwhile.
+        /// The checkpoint whose predecessor's frees are held for discarding (from
+        /// `checkpointDurableHoldingFrees` to `releaseHeldFrees`): no cut and no other checkpoint
+        /// may become durable meanwhile.
         var discardingFor: UInt64?
     }
 
@@ -295,22 +297,10 @@ public final class PoolAllocator: Sendable {
         }
     }
 
-    /// `checkpointDurable`, with the space about to become allocatable handed to `discard` first,
-    /// per device (its `AllocatorDevice.index`; byte ranges ascending, adjacent frees merged;
-    /// devices in `skipping` left out), outside the lock: the space is referenced by no durable
-    /// checkpoint the pool may still import (the same reason it may be reused), and nothing can
-    /// be allocated in it until `discard` has returned for every device. Allocations and frees
-    /// go on meanwhile; a cut (`beginCheckpoint`) or another `checkpointDurable` before this
-    /// returns traps (the pool commits under its own lock, so it never does that).
-    public func checkpointDurable(_ checkpoint: UInt64, skipping: Set<Int> = [],
-                                  discarding discard: (_ deviceIndex: Int, _ ranges: [Range<UInt64>]) -> Void) {
-        checkpointDurableHoldingFrees(checkpoint)
-        releaseHeldFrees(of: checkpoint, skipping: skipping, discarding: discard)
-    }
-
-    /// The first half of `checkpointDurable(_:skipping:discarding:)`: `checkpoint` is durable,
-    /// and the frees it would release stay unallocatable until `releaseHeldFrees(of:…)`. No cut
-    /// may happen in between (it traps): the pool finishes held frees before it cuts.
+    /// `checkpointDurable` for discards, first half: `checkpoint` is durable, and the frees it
+    /// would release stay unallocatable until `releaseHeldFrees(of:…)`. No cut and no other
+    /// `checkpointDurable` may happen in between (they trap): the pool finishes held frees before
+    /// it cuts.
     public func checkpointDurableHoldingFrees(_ checkpoint: UInt64) {
         state.withLock { state in
             Self.markDurable(&state, checkpoint)
@@ -318,8 +308,12 @@ public final class PoolAllocator: Sendable {
         }
     }
 
-    /// The second half: hands the held frees to `discard` (outside the lock, as above), then
-    /// makes them allocatable.
+    /// The second half: hands the held frees to `discard`, per device (its
+    /// `AllocatorDevice.index`; byte ranges ascending, adjacent frees merged; devices in
+    /// `skipping` left out), outside the lock, then makes them allocatable. The space is
+    /// referenced by no durable checkpoint the pool may still import (the same reason it may be
+    /// reused), and nothing can be allocated in it until `discard` has returned for every
+    /// device; allocations and frees go on meanwhile.
     public func releaseHeldFrees(of checkpoint: UInt64, skipping: Set<Int> = [],
                                  discarding discard: (_ deviceIndex: Int, _ ranges: [Range<UInt64>]) -> Void) {
         let pending = state.withLock { state -> [(index: Int, path: String, runs: [UnitRun])] in

@@ -222,7 +222,9 @@ final class DiscardRecordingDevice: BlockStorage, @unchecked Sendable {
         allocator.checkpointDurable(allocator.beginCheckpoint().checkpoint)          // 2
         var seen: [Range<UInt64>] = []
         var allocatedInside: Result<ExtentCopies, AllocationError>? = nil
-        allocator.checkpointDurable(allocator.beginCheckpoint().checkpoint) { index, ranges in   // 3: 2's frees
+        let third = allocator.beginCheckpoint().checkpoint
+        allocator.checkpointDurableHoldingFrees(third)
+        allocator.releaseHeldFrees(of: third) { index, ranges in                     // 3: 2's frees
             #expect(index == 0)
             seen += ranges
             allocatedInside = Result { () throws(AllocationError) in try allocator.allocate(.data, lengthBytes: 1 << 20) }
