@@ -131,6 +131,7 @@ struct DMUBenchmark: ParsableCommand {
             ?? (targetDevice.isFile ? 0 : min(4 << 30, sizeBytes / 2))
         if preconditionBytes > 0 { try writePrecondition(path: path, bytes: min(preconditionBytes, sizeBytes)) }
 
+        let fioRamp = "--ramp_time=\(Int(rampSeconds * 1000))ms"
         var fio1m: [Double] = [], fio4k: [Double] = []
         // fio at Strata's own total depth (threads × --depth of the largest thread count), when
         // that is not 32: the same number of writes outstanding on both sides.
@@ -140,17 +141,17 @@ struct DMUBenchmark: ParsableCommand {
         var checkpointRates: [Double] = [], switchMaxMs: [Double] = [], quiesceMaxMs: [Double] = []
         for round in 0..<roundCount {
             if hasFio && runsNew1m {
-                if let m = try? runFioAnchor(path: path, scratch: scratch, seconds: runSeconds, arguments: ["--ramp_time=\(Int(rampSeconds * 1000))ms",
+                if let m = try? runFioAnchor(path: path, scratch: scratch, seconds: runSeconds, arguments: [fioRamp,
                     "--ioengine=io_uring", "--rw=write", "--bs=1m", "--iodepth=32", "--size=\(fioSize)"]) { fio1m.append(m.mibPerSecond) }
-                if sameDepth != 32, let m = try? runFioAnchor(path: path, scratch: scratch, seconds: runSeconds, arguments: ["--ramp_time=\(Int(rampSeconds * 1000))ms",
+                if sameDepth != 32, let m = try? runFioAnchor(path: path, scratch: scratch, seconds: runSeconds, arguments: [fioRamp,
                     "--ioengine=io_uring", "--rw=write", "--bs=1m", "--iodepth=\(sameDepth)", "--size=\(fioSize)"]) { fio1mSame.append(m.mibPerSecond) }
             }
             if hasFio && runsOverwrite4k {
-                if let m = try? runFioAnchor(path: path, scratch: scratch, seconds: runSeconds, arguments: ["--ramp_time=\(Int(rampSeconds * 1000))ms",
+                if let m = try? runFioAnchor(path: path, scratch: scratch, seconds: runSeconds, arguments: [fioRamp,
                     "--ioengine=io_uring", "--rw=randwrite", "--bs=4k", "--iodepth=32", "--size=\(fioSize)", "--norandommap", "--randrepeat=0"]) {
                     fio4k.append(m.iops)
                 }
-                if sameDepth != 32, let m = try? runFioAnchor(path: path, scratch: scratch, seconds: runSeconds, arguments: ["--ramp_time=\(Int(rampSeconds * 1000))ms",
+                if sameDepth != 32, let m = try? runFioAnchor(path: path, scratch: scratch, seconds: runSeconds, arguments: [fioRamp,
                     "--ioengine=io_uring", "--rw=randwrite", "--bs=4k", "--iodepth=\(sameDepth)", "--size=\(fioSize)", "--norandommap", "--randrepeat=0"]) {
                     fio4kSame.append(m.iops)
                 }
@@ -347,7 +348,7 @@ struct DMUBenchmark: ParsableCommand {
             monitor.lock()
             precondition(inFlight > 0, "a transaction finished that never began")
             inFlight -= 1
-            let wakes = waiting && (inFlight <= low || inFlight == 0)
+            let wakes = waiting && inFlight <= low      // drain waits for 0 ≤ low: woken on each
             if wakes { waiting = false }
             monitor.unlock()
             if wakes { monitor.signal() }
