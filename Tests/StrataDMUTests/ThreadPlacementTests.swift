@@ -16,17 +16,10 @@ import Glibc
 @Suite struct ThreadPlacementTests {
     /// The allowed-CPU sets of this process's threads named `name` (/proc/self/task/*/status).
     static func cpuSetsOfThreads(named name: String) -> [[Int]] {
-        guard let tasks = try? FileManager.default.contentsOfDirectory(atPath: "/proc/self/task") else { return [] }
-        var sets: [[Int]] = []
-        for task in tasks {
-            guard let comm = try? String(contentsOfFile: "/proc/self/task/\(task)/comm", encoding: .utf8),
-                  comm.trimmingCharacters(in: .whitespacesAndNewlines) == name,
-                  let status = try? String(contentsOfFile: "/proc/self/task/\(task)/status", encoding: .utf8),
-                  let line = status.split(separator: "\n").first(where: { $0.hasPrefix("Cpus_allowed_list:") })
-            else { continue }
-            sets.append(parseCPUList(String(line.dropFirst("Cpus_allowed_list:".count))))
+        ThreadInspection.files("status", ofThreadsNamed: name).compactMap { status in
+            status.split(separator: "\n").first(where: { $0.hasPrefix("Cpus_allowed_list:") })
+                .map { parseCPUList(String($0.dropFirst("Cpus_allowed_list:".count))) }
         }
-        return sets
     }
 
     /// "0-2,5" → [0, 1, 2, 5].

@@ -4,6 +4,7 @@ import Foundation
 import StrataIO
 @testable import StrataLog
 import StrataPool
+import StrataTesting
 import Testing
 
 #if canImport(Glibc)
@@ -14,18 +15,12 @@ import Glibc
     /// The nice values of this process's threads named `name` (from /proc/self/task/*/stat).
     /// Other tests' logs run at the same time, so a test looks for a value only it sets.
     static func niceValuesOfThreads(named name: String) -> [Int] {
-        guard let tasks = try? FileManager.default.contentsOfDirectory(atPath: "/proc/self/task") else { return [] }
-        var values: [Int] = []
-        for task in tasks {
-            guard let comm = try? String(contentsOfFile: "/proc/self/task/\(task)/comm", encoding: .utf8),
-                  comm.trimmingCharacters(in: .whitespacesAndNewlines) == name,
-                  let stat = try? String(contentsOfFile: "/proc/self/task/\(task)/stat", encoding: .utf8),
-                  let close = stat.lastIndex(of: ")") else { continue }
+        ThreadInspection.files("stat", ofThreadsNamed: name).compactMap { stat in
+            guard let close = stat.lastIndex(of: ")") else { return nil }
             // Fields after "(comm)": state is field 3, nice is field 19.
             let fields = stat[stat.index(after: close)...].split(separator: " ")
-            if fields.count > 16, let nice = Int(fields[16]) { values.append(nice) }
+            return fields.count > 16 ? Int(fields[16]) : nil
         }
-        return values
     }
 
     @Test func completerAndWriterAreNamedAndGetTheirNiceValues() throws {
