@@ -46,8 +46,13 @@ public struct LogHead: Equatable, Sendable {
     public static let magic: UInt64 = 0x4847_4C54_4152_5453   // "STRATLGH" little-endian
     public static let headBytes = 4096
     static let segmentsOffset = 128
-    /// Segments a head can list at the pool's maximum of 4 copies: (4096 − 128) / (1 + 4 × 10).
-    public static let segmentCountMax = (headBytes - segmentsOffset) / (1 + LogBlock.nextSegmentCopiesMax * 10)
+    /// Segments a head can list when each has `copies` copies: (4096 − 128) / (1 + 10 × copies),
+    /// 360 at one copy, 188 at two, 96 at the pool's maximum of four. `LogSettings` refuses a
+    /// `logBytesMax` whose segments would not fit at the log's copy count.
+    public static func segmentCountMax(copies: Int) -> Int {
+        precondition((1...LogBlock.nextSegmentCopiesMax).contains(copies), "\(copies) copies")
+        return (headBytes - segmentsOffset) / (1 + copies * 10)
+    }
 
     public var poolUUID: PoolUUID
     public var logIdentity: UInt64
@@ -74,7 +79,7 @@ public struct LogHead: Equatable, Sendable {
 
     public func encode(into block: UnsafeMutableRawBufferPointer) {
         precondition(block.count == LogHead.headBytes, "head block of \(block.count) bytes")
-        precondition(!segments.isEmpty && segments.count <= LogHead.segmentCountMax && firstSequence >= 1,
+        precondition(!segments.isEmpty && segments.count <= LogHead.segmentCountMax(copies: 1) && firstSequence >= 1,
                      "head with \(segments.count) segments, first sequence \(firstSequence)")
         block.initializeMemory(as: UInt8.self, repeating: 0)
         LogBlock.put(LogHead.magic, block, 0)
@@ -96,7 +101,8 @@ public struct LogHead: Equatable, Sendable {
         }
         var offset = LogHead.segmentsOffset
         for copies in segments {
-            precondition((1...LogBlock.nextSegmentCopiesMax).contains(copies.count), "segment with \(copies.count) copies")
+            precondition((1...LogBlock.nextSegmentCopiesMax).contains(copies.count) && offset + 1 + copies.count * 10 <= LogHead.headBytes,
+                         "segment with \(copies.count) copies at byte \(offset) of the head")
             LogBlock.put(UInt8(copies.count), block, offset)
             offset += 1
             for extent in copies {
@@ -123,7 +129,7 @@ public struct LogHead: Equatable, Sendable {
         let count = Int(LogBlock.get(UInt32.self, block, 64))
         let segmentBytes = UInt64(LogBlock.get(UInt32.self, block, 60))
         let firstSequence = LogBlock.get(UInt64.self, block, 48)
-        guard LogBlock.get(UInt32.self, block, 12) == UInt32(headBytes), (1...segmentCountMax).contains(count),
+        guard LogBlock.get(UInt32.self, block, 12) == UInt32(headBytes), (1...segmentCountMax(copies: 1)).contains(count),
               segmentBytes > 0, segmentBytes % UInt64(LogBlock.unitBytes) == 0, firstSequence >= 1 else {
             return .invalid("head fields out of range (\(count) segments of \(segmentBytes) bytes, first sequence \(firstSequence))")
         }

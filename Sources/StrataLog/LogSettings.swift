@@ -105,7 +105,7 @@ public struct LogSettings: Sendable, Equatable {
         if batchBytesMax < 2 * LogBlock.unitBytes || batchBytesMax % LogBlock.unitBytes != 0 || UInt64(batchBytesMax) > segmentBytes {
             problems.append("batchBytesMax \(batchBytesMax) must be a multiple of 4096, at least 8192 and at most segmentBytes \(segmentBytes)")
         }
-        let headLimit = (4096 - 128) / (1 + max(1, copies) * 10)
+        let headLimit = LogHead.segmentCountMax(copies: min(max(1, copies), LogBlock.nextSegmentCopiesMax))
         if segmentBytes > 0 && (segmentCountMax < 3 || segmentCountMax > headLimit) {
             problems.append("logBytesMax \(logBytesMax) / segmentBytes \(segmentBytes) = \(segmentCountMax) segments; must be 3...\(headLimit) (the log head lists them)")
         }

@@ -159,7 +159,7 @@ import Testing
         LogFormatTests.put(&expected, 0, at: 158, width: 2)
         #expect(bytes == expected)
         #expect(LogHead.decode(UnsafeRawBufferPointer(block)) == .valid(head))
-        #expect(LogHead.segmentCountMax == 96)
+        #expect(LogHead.segmentCountMax(copies: 4) == 96 && LogHead.segmentCountMax(copies: 2) == 188 && LogHead.segmentCountMax(copies: 1) == 360)
         block[8] = 2
         #expect(LogHead.decode(UnsafeRawBufferPointer(block)) == .newerVersion(2))
     }

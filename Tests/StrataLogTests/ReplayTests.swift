@@ -193,6 +193,29 @@ import Testing
         try reopened.close()
     }
 
+    /// A one-copy log may own more segments than a head could list at four copies (96): the
+    /// settings allow up to 360, so a checkpoint must write, and replay and open must read, a head
+    /// listing more than 96.
+    @Test func headListsMoreSegmentsThanTheFourCopyBound() throws {
+        var settings = LogTestSupport.settings()
+        settings.logBytesMax = 130 * (64 << 10)
+        #expect(settings.validationProblems(copies: 1).isEmpty)
+        #expect(!settings.validationProblems(copies: 4).isEmpty, "130 segments do not fit a head at 4 copies")
+        let devices = LogTestSupport.makeDevices()
+        let length = { (id: Int) in 12_000 + id % 100 }
+        let log = try LogTestSupport.newLog(devices: devices, settings: settings)
+        try ReplayTests.appendRecords(log, first: 0, count: 560, length: length, syncEvery: 8)   // ~6.5 MiB: > 100 segments
+        #expect(log.usage.segmentCount > LogHead.segmentCountMax(copies: 4))
+        try LogTestSupport.checkpoint(log, through: 3)
+        let image = LogTestSupport.crashImage(devices)
+        let pool = try Pool.importPool(devices: image.map { OverlayDevice(base: $0) }, readOnly: true)
+        let head = try IntentLog.readHead(pool: pool, root: pool.uberblock.roots[Uberblock.RootSlot.intentLog.rawValue])
+        #expect(head.segments.count > LogHead.segmentCountMax(copies: 4))
+        let (records, _) = try LogTestSupport.replayed(image)
+        ReplayTests.expectRecords(records, ids: 3..<560, firstLSN: 4, length: length)
+        try log.close()
+    }
+
     @Test func corruptHeadIsNamed() throws {
         let devices = LogTestSupport.makeDevices()
         let log = try LogTestSupport.newLog(devices: devices)
