@@ -79,6 +79,10 @@ struct DMUBenchmark: ParsableCommand {
     var placement: String = "none"
     @Option(name: .customLong("precondition"), help: "Bytes of incompressible data written at the start of the target before the first round, so both sides run on memory zram already holds (default on zram: 4G or half the target, whichever is smaller; 0 on files; 0 skips; never more than the target).")
     var preconditionSize: String?
+    @Option(name: .customLong("log-bytes"), help: "The log's bound for the workloads (LogSettings.logBytesMax, a multiple of its 32 MiB segments; default the store's, 3G): 1G shows what the log's size does to overwrite4k.")
+    var logBytesOption: String?
+    /// `--log-bytes` (nil: the store's default; `run` refuses a value that does not parse).
+    var logBytesMax: UInt64? { logBytesOption.flatMap { try? parseSize($0) } }
 
     struct Run {
         var perSecond: Double          // MiB/s for new1m, IOPS for overwrite4k
@@ -114,6 +118,12 @@ struct DMUBenchmark: ParsableCommand {
         if let depthLow, !(0..<depth).contains(depthLow) {
             throw ValidationError("--depth-low must be 0…\(depth - 1) (below --depth), not \(depthLow)")
         }
+        if let logBytesOption {
+            var log = LogSettings()
+            log.logBytesMax = try parseSize(logBytesOption)
+            let problems = log.validationProblems()
+            guard problems.isEmpty else { throw ValidationError("--log-bytes \(logBytesOption): \(problems.joined(separator: "; "))") }
+        }
         guard depth >= 1 && depth <= 1024 else { throw ValidationError("--depth must be 1…1024, not \(depth)") }
         let runsNew1m = chosen.contains("new1m"), runsOverwrite4k = chosen.contains("overwrite4k")
         let scratch = try makeTempDirectory(base: "/tmp")
@@ -123,7 +133,7 @@ struct DMUBenchmark: ParsableCommand {
         let path = targetDevice.path
         let hasFio = !noFio && (try? Fio.ensureInstalled(scratch: scratch)) != nil
         let fioSize = min(sizeBytes / 2, 2 << 30)
-        print("strata-perf dmu: \(options.target) target \(path), \(sizeBytes >> 20) MiB, \(roundCount) rounds of \(runSeconds) s after \(fixed(rampSeconds, 1)) s of ramp, \(depth) transaction(s) in flight per thread")
+        print("strata-perf dmu: \(options.target) target \(path), \(sizeBytes >> 20) MiB, \(roundCount) rounds of \(runSeconds) s after \(fixed(rampSeconds, 1)) s of ramp, \(depth) transaction(s) in flight per thread, log bound \(settings(.overwrite4k).log.logBytesMax >> 20) MiB")
         if let split = placementSplit {
             print("  placement: log writer on CPU \(split.writer.map(String.init).joined(separator: ",")); completer, checkpoint thread and workload threads on CPU \(split.others.map(String.init).joined(separator: ",")) (fio unpinned)")
         }
@@ -282,7 +292,7 @@ struct DMUBenchmark: ParsableCommand {
         case .new1m:
             settings.checkpointIntervalNs = 1_000_000_000
         case .overwrite4k:
-            break
+            if let logBytes = logBytesMax { settings.log.logBytesMax = logBytes }
         case .replay:
             // No checkpoint while the log fills: no background thread, and bounds (dirty pages,
             // the reserve behind them, the log) above what the fill reaches.

@@ -18,15 +18,29 @@ import Glibc
 #endif
 
 extension ObjectStore {
+    /// The log settings in force on a pool of `capacityBytes`: the log takes at most a quarter
+    /// of the pool, in whole segments. When a quarter cannot hold four segments (the fewest a
+    /// log cycles through comfortably: one being written, one preallocated, two being covered
+    /// by a checkpoint), segments shrink to a sixteenth of the pool in whole MiB (at least 1 MiB;
+    /// the batch bound shrinks with them), so that default settings open a small pool.
+    static func logSettings(_ given: LogSettings, capacityBytes: UInt64) -> LogSettings {
+        var settings = given
+        let mib: UInt64 = 1 << 20
+        if capacityBytes / 4 < 4 * settings.segmentBytes && settings.segmentBytes > mib {
+            settings.segmentBytes = max(mib, capacityBytes / 16 / mib * mib)
+            settings.batchBytesMax = min(settings.batchBytesMax, Int(settings.segmentBytes))
+        }
+        let cap = capacityBytes / 4 / settings.segmentBytes * settings.segmentBytes
+        if cap < settings.logBytesMax && cap >= 4 * settings.segmentBytes { settings.logBytesMax = cap }
+        return settings
+    }
+
     /// Opens the object store of an imported pool: a new one on a pool that has none, else the
     /// newest checkpoint with the log replayed. On a read-write pool a checkpoint is committed
     /// before returning (it anchors a new log, and makes the replayed state permanent).
     public static func open(pool: Pool, settings: ObjectStoreSettings = ObjectStoreSettings()) throws(ObjectStoreError) -> ObjectStore {
         var settings = settings
-        // The log takes at most a quarter of the pool (whole segments, at least 4).
-        let capacity = pool.allocator.devices.reduce(UInt64(0)) { $0 + $1.sizeBytes }
-        let logCap = capacity / 4 / settings.log.segmentBytes * settings.log.segmentBytes
-        if logCap < settings.log.logBytesMax && logCap >= 4 * settings.log.segmentBytes { settings.log.logBytesMax = logCap }
+        settings.log = ObjectStore.logSettings(settings.log, capacityBytes: pool.allocator.devices.reduce(UInt64(0)) { $0 + $1.sizeBytes })
         var problems = settings.validationProblems()
         // Block pointers name at most two copies: refuse up front what the first checkpoint would.
         let metadataCopies = pool.allocator.policy.copies(for: .metadata)

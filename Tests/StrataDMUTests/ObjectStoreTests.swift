@@ -374,6 +374,57 @@ extension ObjectStoreSpaceTests {
     }
 }
 
+/// The log settings in force: a quarter of the pool at most, and segments shrunk on small pools,
+/// so that default settings open any pool.
+@Suite struct LogSizingTests {
+    @Test func logTakesAtMostAQuarterOfThePoolAndSegmentsShrinkOnSmallPools() {
+        let mib: UInt64 = 1 << 20
+        let defaults = LogSettings()
+        #expect(defaults.segmentBytes == 32 * mib && defaults.logBytesMax == 3 << 30)
+        #expect(defaults.validationProblems(copies: 4).isEmpty, "the defaults fit a head at four copies")
+        // (pool capacity, segment bytes, log bytes) in force.
+        let cases: [(UInt64, UInt64, UInt64)] = [
+            (64 << 30, 32 * mib, 3 << 30), (8 << 30, 32 * mib, 2 << 30), (512 * mib, 32 * mib, 128 * mib),
+            (256 * mib, 16 * mib, 64 * mib), (200 * mib, 12 * mib, 48 * mib), (64 * mib, 4 * mib, 16 * mib)]
+        for (capacity, segment, log) in cases {
+            let settings = ObjectStore.logSettings(defaults, capacityBytes: capacity)
+            #expect(settings.segmentBytes == segment && settings.logBytesMax == log,
+                    "\(capacity >> 20) MiB pool: \(settings.segmentBytes >> 20) MiB segments, \(settings.logBytesMax >> 20) MiB log")
+            #expect(settings.validationProblems().isEmpty && settings.batchBytesMax <= Int(settings.segmentBytes))
+        }
+        var small = defaults
+        small.segmentBytes = 64 << 10
+        small.logBytesMax = 1 << 20
+        #expect(ObjectStore.logSettings(small, capacityBytes: 64 * mib) == small, "small explicit settings are kept")
+    }
+
+    /// Default settings on a 96 MiB one-device pool: the store opens, its log cycles through
+    /// shrunk segments under background checkpoints, and the pool checks clean.
+    @Test func defaultSettingsOpenASmallPool() throws {
+        let device = MemoryDevice(path: "solo", sizeBytes: 96 << 20)
+        let pool = try Pool.create(name: "small", devices: [(device, .data)])
+        let store = try ObjectStore.open(pool: pool)
+        #expect(store.settings.log.segmentBytes == 6 << 20 && store.settings.log.logBytesMax == 24 << 20)
+        let object = try StoreTestSupport.createFile(store, StoreTestSupport.pattern(1 << 20, seed: 3))
+        let page = StoreTestSupport.pattern(4096, seed: 9)
+        for index in 0..<20_000 {       // ~80 MiB of 4 KiB overwrites through a 24 MiB log
+            let transaction = store.transaction()
+            let offset = UInt64(index % 256) * 4096
+            transaction.declareWrite(object, offset: offset, length: 4096)
+            try transaction.start()
+            try transaction.write(object, at: offset, page)
+            try transaction.stop()
+        }
+        try store.sync()
+        #expect(store.statistics.checkpoints >= 2)
+        #expect(try store.read(object, at: 255 * 4096, length: 4096) == page)
+        try store.close()
+        try pool.export()
+        let report = try StoreTestSupport.check([device], verifyData: true)
+        #expect(report.problems.isEmpty, "\(report.problems)")
+    }
+}
+
 /// A checkpoint that fails while it is being cut (here: the log head cannot be written) has
 /// changed the allocator's state for a root it will never commit: the pool must be suspended,
 /// so no later commit (another checkpoint, an export) writes that state, and a re-import starts
