@@ -86,7 +86,8 @@ public struct ObjectStoreSettings: Sendable, Equatable {
     /// a pool of 32 GiB or more with the automatic reserve. 1 GiB, as ZFS's dirty-data bound
     /// (10 % of memory, up to 4 GiB): a checkpoint that covers more overwrites of the same blocks
     /// writes each home once — with 256 MiB, 4 KiB overwrites over 400 MiB of objects wrote
-    /// 0.85 pages home per overwrite; with this bound 0.5 (`strata-perf dmu`). The cost is
+    /// 0.85 pages home per overwrite; with this bound 0.5, and 0.3 once the log (3 GiB) was long
+    /// enough for this bound to be what asks for checkpoints (`strata-perf dmu`). The cost is
     /// memory: up to the bound in force of resident 4 KiB pages per store (plus ~100 bytes of
     /// bookkeeping each), and a replay after a crash rebuilds as many (it applies the whole log
     /// before any checkpoint), so an importer needs that much memory too. Lower it for many

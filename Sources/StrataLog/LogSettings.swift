@@ -46,12 +46,12 @@ public struct LogSettings: Sendable, Equatable {
     /// triggers checkpoints: a checkpoint is asked for at `checkpointRequestPercent` (1.5 GiB),
     /// and the longer the log runs between checkpoints, the more overwrites of the same page one
     /// write home covers. Durable 4 KiB overwrites over 400 MiB of objects on zram
-    /// (`strata-perf dmu`): 1 GiB wrote 0.59 pages home per overwrite (checkpoints asked for by
-    /// the log), 3 GiB 0.29 (asked for by the dirty bound), +20–30 % overwrites per second.
-    /// The cost is replay time after a crash with a full log: ~1.3 s per GiB here (the issue-6
-    /// target, ≤ 2 s per GiB), so up to ~4 s; with checkpoints asked for at half, a crash under
-    /// load usually finds 1.5–2 GiB. Lower it where import time matters more than small-write
-    /// throughput.
+    /// (`strata-perf dmu`): 1 GiB wrote 0.56–0.61 pages home per overwrite (checkpoints asked for
+    /// by the log), 3 GiB 0.27–0.34 (asked for by the dirty bound), +13–19 % overwrites per
+    /// second. The cost is replay time after a crash with a full log: a full 3 GiB log replayed
+    /// in 2.1 s on zram here (1 GiB: 1.1–1.2 s; the issue-6 target is ≤ 2 s per GiB); with
+    /// checkpoints asked for at half, a crash under load usually finds 1.5–2 GiB. Lower it where
+    /// import time matters more than small-write throughput.
     public var logBytesMax: UInt64 = 3 << 30
     /// The largest batch (one log block, one write). Default 1 MiB: DESIGN.md moves data in
     /// records of up to 1 MiB; one such write reaches a device's sequential bandwidth, and it
