@@ -364,14 +364,17 @@ struct DMUBenchmark: ParsableCommand {
             if wakes { monitor.signal() }
         }
 
-        /// Waits until none is in flight.
-        func drain() {
+        /// Waits until none is in flight, or until `deadlineNs` (monotonic); the number still in
+        /// flight (0: drained). A store that failed never fires the callbacks of transactions
+        /// that were not durable yet, so the wait is bounded.
+        func drain(untilNs deadlineNs: UInt64) -> Int {
             monitor.lock()
+            defer { monitor.unlock() }
             while inFlight > 0 {
                 waiting = true
-                monitor.wait()
+                if !monitor.wait(untilNs: deadlineNs) && inFlight > 0 { return inFlight }
             }
-            monitor.unlock()
+            return 0
         }
     }
 
@@ -408,6 +411,9 @@ struct DMUBenchmark: ParsableCommand {
                 defer { group.leave() }
                 ThreadSetup.pinOrReport("workload thread \(thread)", to: completionCPUs, setting: "--placement")
                 let slots = Slots(depth: depth, low: depthLow ?? depth - 1)
+                // Whether this body's counted transaction stopped: from then on its slot is the
+                // callback's to free, even if the body fails afterwards (new1m's destroy).
+                nonisolated(unsafe) var handedOver = false
                 let completion = Completion { transaction in
                     let stopped = monotonicNanoseconds()
                     try transaction.stop { _ in
@@ -415,18 +421,25 @@ struct DMUBenchmark: ParsableCommand {
                         doneRef.pointee.wrappingAdd(1, ordering: .relaxed)
                         slots.finish()
                     }
+                    handedOver = true
                 }
                 while monotonicNanoseconds() < deadline {
                     slots.begin()
+                    handedOver = false
                     do {
                         try body(thread, completion)
                     } catch {
-                        slots.finish()
+                        if !handedOver { slots.finish() }
                         failure.withLock { $0 = "\(error)" }
                         break
                     }
                 }
-                slots.drain()                           // every stopped transaction durable
+                // Every stopped transaction durable; bounded, since a failed store drops the
+                // callbacks of what was not durable yet.
+                let left = slots.drain(untilNs: monotonicNanoseconds() + 60_000_000_000)
+                if left > 0 {
+                    failure.withLock { $0 = $0 ?? "\(left) stopped transaction(s) of thread \(thread) not durable after 60 s" }
+                }
             }
         }
         var doneBefore = 0
