@@ -34,17 +34,25 @@ public final class Transaction {
     }
 
     var phase = Phase.declaring
-    /// What was declared, once each. A transaction declares a handful of things, so a linear
-    /// search of a small array beats hashing (two Set allocations and SipHash per transaction);
-    /// past `declaredLinearMax` a Set takes over the lookups.
-    var declared: [Declared] = []
+    /// What was declared, once each: the first in `firstDeclared`, the others in `moreDeclared`
+    /// (most transactions declare one thing, and then allocate no array). A transaction declares
+    /// a handful of things, so a linear search of a small array beats hashing (two Set
+    /// allocations and SipHash per transaction); past `declaredLinearMax` a Set takes over.
+    var firstDeclared: Declared?
+    var moreDeclared: [Declared] = []
     var declaredSet: Set<Declared>? = nil
     static let declaredLinearMax = 32
     var extentCount = 0
     var logBytes = 0
     var reservation: Reservation?
+    /// The stripe locks held while started: `soleStripe` when the declared objects share one
+    /// (no array), else `lockedStripes` in ascending order.
+    var soleStripe = -1
     var lockedStripes: [Int] = []
-    var records: [LogAppend] = []
+    /// The records of the operations performed, in order: the first in `firstRecord`, the
+    /// others in `moreRecords` (one record, the common case, needs no array).
+    var firstRecord: LogAppend?
+    var moreRecords: [LogAppend] = []
     var flushMask: UInt64 = 0
     public private(set) var id: UInt64 = 0
     /// The open checkpoint while started (the gate holds it open): what this transaction's
@@ -69,9 +77,11 @@ public final class Transaction {
     private func declare(_ kind: Kind, _ object: UInt64, logBytes bytes: Int) {
         precondition(phase == .declaring, "declare after start")
         let entry = Declared(kind: kind, object: object)
-        if declaredSet?.insert(entry).inserted ?? !declared.contains(entry) {
-            declared.append(entry)
-            if declaredSet == nil && declared.count > Self.declaredLinearMax { declaredSet = Set(declared) }
+        if firstDeclared == nil {
+            firstDeclared = entry
+        } else if entry != firstDeclared && (declaredSet?.insert(entry).inserted ?? !moreDeclared.contains(entry)) {
+            moreDeclared.append(entry)
+            if declaredSet == nil && moreDeclared.count > Self.declaredLinearMax { declaredSet = Set(moreDeclared) }
         }
         logBytes += bytes
     }
@@ -196,19 +206,32 @@ public final class Transaction {
 
     /// The declared objects' stripe locks, taken in ascending order (the lock order).
     private func lockStripes() {
-        // Sorted and deduplicated in one array.
-        var stripes = declared.map { store.stripe(of: $0.object) }
-        stripes.sort()
-        var kept = 0
-        for index in stripes.indices where kept == 0 || stripes[index] != stripes[kept - 1] {
-            stripes[kept] = stripes[index]
-            kept += 1
+        if let firstDeclared {
+            let first = store.stripe(of: firstDeclared.object)
+            if moreDeclared.allSatisfy({ store.stripe(of: $0.object) == first }) {
+                soleStripe = first
+                store.stripes[first].lock()
+            } else {
+                // Sorted and deduplicated in one array.
+                var stripes = [first] + moreDeclared.map { store.stripe(of: $0.object) }
+                stripes.sort()
+                var kept = 0
+                for index in stripes.indices where kept == 0 || stripes[index] != stripes[kept - 1] {
+                    stripes[kept] = stripes[index]
+                    kept += 1
+                }
+                stripes.removeLast(stripes.count - kept)
+                lockedStripes = stripes
+                for stripe in lockedStripes { store.stripes[stripe].lock() }
+            }
         }
-        stripes.removeLast(stripes.count - kept)
-        lockedStripes = stripes
-        for stripe in lockedStripes { store.stripes[stripe].lock() }
         id = store.transactionIDs.wrappingAdd(1, ordering: .relaxed).oldValue
         phase = .started
+    }
+
+    /// Keeps `record` for `stop`.
+    private func keep(_ record: LogAppend) {
+        if firstRecord == nil { firstRecord = record } else { moreRecords.append(record) }
     }
 
     /// Appends the records of the operations performed as one log group and releases the
@@ -223,9 +246,13 @@ public final class Transaction {
         phase = .stopped
         var failure: ObjectStoreError? = nil
         if let log = store.log {
-            if !records.isEmpty {
+            if let firstRecord {
                 do {
-                    try log.appendGroup(records, flushingFirst: flushMask, onDurable: onCommit)
+                    if moreRecords.isEmpty {
+                        try log.appendGroup(of: firstRecord, flushingFirst: flushMask, onDurable: onCommit)
+                    } else {
+                        try log.appendGroup([firstRecord] + moreRecords, flushingFirst: flushMask, onDurable: onCommit)
+                    }
                 } catch {
                     // Memory holds changes the log will never have: nothing more may be committed.
                     store.fail("transaction \(id): log append failed: \(error)")
@@ -233,28 +260,31 @@ public final class Transaction {
                 }
             } else if let onCommit {
                 let nothing = LogAppend(type: ObjectRecordType.nothing.rawValue, transactionID: id, payload: ObjectOperation.nothing.encoded())
-                do { try log.appendGroup([nothing], onDurable: onCommit) } catch { failure = .log(error) }
+                do { try log.appendGroup(of: nothing, onDurable: onCommit) } catch { failure = .log(error) }
             }
         }
         if let reservation { store.pool.allocator.release(reservation) }
         reservation = nil
+        if soleStripe >= 0 { store.stripes[soleStripe].unlock() }
         for stripe in lockedStripes.reversed() { store.stripes[stripe].unlock() }
+        soleStripe = -1
         lockedStripes = []
         store.leaveGate(transactions: 1)
-        records = []
+        firstRecord = nil
+        moreRecords = []
         if let failure { throw failure }
     }
 
     private func check(_ kind: Kind, _ object: UInt64, _ what: String) {
         precondition(phase == .started, "\(what) on object \(object) outside a started transaction")
         let entry = Declared(kind: kind, object: object)
-        let isDeclared = declaredSet?.contains(entry) ?? declared.contains(entry)
+        let isDeclared = entry == firstDeclared || (declaredSet?.contains(entry) ?? moreDeclared.contains(entry))
         precondition(isDeclared, "\(what) on object \(object) was not declared in transaction \(id)")
     }
 
     private func perform(_ operation: ObjectOperation) throws(ObjectStoreError) {
         try store.apply(operation, replaying: false, tag: tag)
-        records.append(LogAppend(type: operation.type.rawValue, transactionID: id, payload: operation.encoded()))
+        keep(LogAppend(type: operation.type.rawValue, transactionID: id, payload: operation.encoded()))
     }
 
     // MARK: Operations
@@ -330,7 +360,7 @@ public final class Transaction {
             let header = payload.withUnsafeBytes { CRC32C.checksum(UnsafeRawBufferPointer(rebasing: $0[0 ..< ObjectOperation.writeInlineHeaderBytes])) }
             return CRC32C.shift4096.combine(header, data)
         }
-        records.append(LogAppend(type: ObjectRecordType.writeInline.rawValue, transactionID: id, payload: payload,
+        keep(LogAppend(type: ObjectRecordType.writeInline.rawValue, transactionID: id, payload: payload,
                                  payloadChecksum: payloadChecksum))
     }
 

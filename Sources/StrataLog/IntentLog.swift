@@ -204,11 +204,20 @@ public final class IntentLog: @unchecked Sendable {
     /// taken yet — at most one, so at most two batches' callbacks are outstanding.
     var pendingCompletion: Completion?
     /// Emptied callback arrays (capacity kept), so handing callbacks over allocates nothing.
-    var spareCallbackArrays: [[(lsn: LSN, callback: CommitCallback)]] = []
+    var spareCallbackArrays: [[PendingCallback]] = []
+
+    /// A record's LSN and the callback to fire once it is durable. A struct, not a tuple: an
+    /// array of tuples holds its closures at the generic (most abstract) representation, so each
+    /// append boxed the caller's closure in a reabstraction thunk — one heap allocation per
+    /// committed transaction; a struct field keeps the closure as it is.
+    struct PendingCallback {
+        let lsn: LSN
+        let callback: CommitCallback
+    }
 
     /// A durable batch's callbacks and last LSN, handed from the writer to the completer.
     struct Completion {
-        var callbacks: [(lsn: LSN, callback: CommitCallback)]
+        var callbacks: [PendingCallback]
         var lastLSN: LSN
     }
 
@@ -224,7 +233,7 @@ public final class IntentLog: @unchecked Sendable {
         /// Devices (bit = pool device index) to flush before this batch's block is written: they
         /// hold data its records point to (`appendGroup(_:flushingFirst:onDurable:)`).
         var flushMask: UInt64 = 0
-        var callbacks: [(lsn: LSN, callback: CommitCallback)] = []
+        var callbacks: [PendingCallback] = []
 
         init(capacityBytes: Int) {
             bytes = allocateAlignedBuffer(byteCount: capacityBytes)
@@ -286,7 +295,7 @@ public final class IntentLog: @unchecked Sendable {
         guard settings.writer == .dedicatedThread else { return }
         // The spare callback arrays exist before the writer can reach for them.
         for _ in 0..<3 {
-            var spare: [(lsn: LSN, callback: CommitCallback)] = []
+            var spare: [PendingCallback] = []
             spare.reserveCapacity((settings.batchBytesMax - LogBlock.headerBytes) / LogBlock.recordHeaderBytes)
             spareCallbackArrays.append(spare)
         }
@@ -411,7 +420,7 @@ public final class IntentLog: @unchecked Sendable {
         }
         let batch = batches[openBatch]
         let lsn = placeLocked(batch, type: type, transactionID: transactionID, payload: payload, payloadChecksum: payloadChecksum, size: size)
-        if let onDurable { batch.callbacks.append((lsn, onDurable)) }
+        if let onDurable { batch.callbacks.append(PendingCallback(lsn: lsn, callback: onDurable)) }
         let wakesWriter = settings.batchDelayNs == 0 && takeWriterWakeLocked()
         monitor.unlock()
         if wakesWriter { monitor.signal(.writer) }      // after unlocking: the writer does not wake into a held lock
@@ -430,21 +439,36 @@ public final class IntentLog: @unchecked Sendable {
     @discardableResult
     public func appendGroup(_ records: [LogAppend], flushingFirst flushMask: UInt64 = 0,
                             onDurable: CommitCallback? = nil) throws(LogError) -> ClosedRange<LSN> {
+        try appendGroup(count: records.count, flushingFirst: flushMask, onDurable: onDurable) { records[$0] }
+    }
+
+    /// `appendGroup` of one record, without an array to hold it (a transaction that changed one
+    /// thing, the common case, allocates none).
+    @discardableResult
+    public func appendGroup(of record: LogAppend, flushingFirst flushMask: UInt64 = 0,
+                            onDurable: CommitCallback? = nil) throws(LogError) -> ClosedRange<LSN> {
+        try appendGroup(count: 1, flushingFirst: flushMask, onDurable: onDurable) { _ in record }
+    }
+
+    /// The group `record(0) … record(count − 1)`.
+    private func appendGroup(count: Int, flushingFirst flushMask: UInt64, onDurable: CommitCallback?,
+                             _ record: (Int) -> LogAppend) throws(LogError) -> ClosedRange<LSN> {
         precondition(flushMask == 0 || (pool.devices.count >= 64 || flushMask >> UInt64(pool.devices.count) == 0),
                      "flush mask \(flushMask) names a device past the pool's \(pool.devices.count)")
-        precondition(!records.isEmpty && records.allSatisfy { $0.type != 0 }, "an empty group or record type 0")
-        let total = records.reduce(0) { $0 + LogBlock.recordBytes(payloadBytes: $1.payload.count) }
+        precondition(count > 0 && (0..<count).allSatisfy { record($0).type != 0 }, "an empty group or record type 0")
+        let total = (0..<count).reduce(0) { $0 + LogBlock.recordBytes(payloadBytes: record($1).payload.count) }
         guard total <= settings.batchBytesMax - LogBlock.headerBytes else {
             throw .recordTooLarge(payloadBytes: total - LogBlock.recordHeaderBytes, payloadBytesMax: settings.payloadBytesMax)
         }
         // Payload checksums before the lock, in parallel with other appenders (a group is a
         // handful of records; more than 16 is rare and computes the rest under the lock).
         var checksums: (UInt64, UInt64, UInt64, UInt64, UInt64, UInt64, UInt64, UInt64) = (0, 0, 0, 0, 0, 0, 0, 0)
-        let precomputed = min(records.count, 16)
+        let precomputed = min(count, 16)
         withUnsafeMutableBytes(of: &checksums) { raw in
             let slots = raw.bindMemory(to: UInt32.self)
             for index in 0..<precomputed {
-                slots[index] = records[index].payload.withUnsafeBytes { Self.checksum(of: records[index], $0) }
+                let entry = record(index)
+                slots[index] = entry.payload.withUnsafeBytes { Self.checksum(of: entry, $0) }
             }
         }
         monitor.lock()
@@ -457,17 +481,18 @@ public final class IntentLog: @unchecked Sendable {
         var last: LSN = 0
         withUnsafeBytes(of: &checksums) { raw in
             let slots = raw.bindMemory(to: UInt32.self)
-            for (index, record) in records.enumerated() {
-                last = record.payload.withUnsafeBytes { payload in
-                    placeLocked(batch, type: record.type, transactionID: record.transactionID, payload: payload,
-                                payloadChecksum: index < precomputed ? slots[index] : Self.checksum(of: record, payload),
+            for index in 0..<count {
+                let entry = record(index)
+                last = entry.payload.withUnsafeBytes { payload in
+                    placeLocked(batch, type: entry.type, transactionID: entry.transactionID, payload: payload,
+                                payloadChecksum: index < precomputed ? slots[index] : Self.checksum(of: entry, payload),
                                 size: LogBlock.recordBytes(payloadBytes: payload.count))
                 }
                 if first == 0 { first = last }
             }
         }
         batch.flushMask |= flushMask
-        if let onDurable { batch.callbacks.append((last, onDurable)) }
+        if let onDurable { batch.callbacks.append(PendingCallback(lsn: last, callback: onDurable)) }
         let wakesWriter = settings.batchDelayNs == 0 && takeWriterWakeLocked()
         monitor.unlock()
         if wakesWriter { monitor.signal(.writer) }
