@@ -12,7 +12,7 @@ swift build -c release -Xswiftc -enable-testing --build-tests --scratch-path .bu
 swift test -c release -Xswiftc -enable-testing --skip-build --scratch-path .build-release-tests \
     --filter "HotPath|Hot path allocations" 2>&1 | tee "$log.release"
 hot="$(grep -Eo 'Test run with [0-9]+ tests in [0-9]+ suites passed' "$log.release" | grep -Eo '[0-9]+' | head -1 || true)"
-if [ -z "$hot" ] || [ "$hot" -lt 3 ]; then echo "release hot-path run: expected at least 3 passing tests (I/O engine, allocator, dnode cache)"; exit 1; fi
+if [ -z "$hot" ] || [ "$hot" -lt 4 ]; then echo "release hot-path run: expected at least 4 passing tests (I/O engine, allocator, dnode cache, transaction)"; exit 1; fi
 rm -f "$log.release"
 swift build --product strata-perf
 bash scripts/perf-smoke.sh .build/debug/strata-perf
