@@ -7,12 +7,6 @@ import Testing
 import StrataPool
 @testable import StrataDMU
 
-#if DEBUG
-private let optimizedBuild = false
-#else
-private let optimizedBuild = true
-#endif
-
 @Suite struct DnodeCacheHotPathTests {
     @Test(.enabled(if: optimizedBuild, "measured in the release run of scripts/test.sh (debug builds box closures)"))
     func cachedLookupAllocatesNothing() throws {

@@ -12,12 +12,6 @@ import StrataTesting
 import Testing
 @testable import StrataDMU
 
-#if DEBUG
-private let optimizedBuild = false
-#else
-private let optimizedBuild = true
-#endif
-
 @Suite struct TransactionHotPathTests {
     @Test(.enabled(if: optimizedBuild, "measured in the release run of scripts/test.sh (debug builds box closures)"))
     func overwriteAllocatesOnlyTheTransactionAndItsPayload() throws {
