@@ -34,25 +34,19 @@ public final class Transaction {
     }
 
     var phase = Phase.declaring
-    /// What was declared, once each: the first in `firstDeclared`, the others in `moreDeclared`
-    /// (most transactions declare one thing, and then allocate no array). A transaction declares
-    /// a handful of things, so a linear search of a small array beats hashing (two Set
-    /// allocations and SipHash per transaction); past `declaredLinearMax` a Set takes over.
-    var firstDeclared: Declared?
-    var moreDeclared: [Declared] = []
+    /// What was declared, once each. A transaction declares a handful of things (most, one: held
+    /// inline, no array), so a linear search beats hashing (two Set allocations and SipHash per
+    /// transaction); past `declaredLinearMax` a Set takes over the lookups.
+    var declared = InlineFirstList<Declared>()
     var declaredSet: Set<Declared>? = nil
     static let declaredLinearMax = 32
     var extentCount = 0
     var logBytes = 0
     var reservation: Reservation?
-    /// The stripe locks held while started: `soleStripe` when the declared objects share one
-    /// (no array), else `lockedStripes` in ascending order.
-    var soleStripe = -1
-    var lockedStripes: [Int] = []
-    /// The records of the operations performed, in order: the first in `firstRecord`, the
-    /// others in `moreRecords` (one record, the common case, needs no array).
-    var firstRecord: LogAppend?
-    var moreRecords: [LogAppend] = []
+    /// The stripe locks held while started, in ascending order.
+    var lockedStripes = InlineFirstList<Int>()
+    /// The records of the operations performed, in order.
+    var records = InlineFirstList<LogAppend>()
     var flushMask: UInt64 = 0
     public private(set) var id: UInt64 = 0
     /// The open checkpoint while started (the gate holds it open): what this transaction's
@@ -77,11 +71,9 @@ public final class Transaction {
     private func declare(_ kind: Kind, _ object: UInt64, logBytes bytes: Int) {
         precondition(phase == .declaring, "declare after start")
         let entry = Declared(kind: kind, object: object)
-        if firstDeclared == nil {
-            firstDeclared = entry
-        } else if entry != firstDeclared && (declaredSet?.insert(entry).inserted ?? !moreDeclared.contains(entry)) {
-            moreDeclared.append(entry)
-            if declaredSet == nil && moreDeclared.count > Self.declaredLinearMax { declaredSet = Set(moreDeclared) }
+        if declaredSet?.insert(entry).inserted ?? !declared.contains(entry) {
+            declared.append(entry)
+            if declaredSet == nil && declared.count > Self.declaredLinearMax { declaredSet = Set(declared.array) }
         }
         logBytes += bytes
     }
@@ -206,32 +198,24 @@ public final class Transaction {
 
     /// The declared objects' stripe locks, taken in ascending order (the lock order).
     private func lockStripes() {
-        if let firstDeclared {
-            let first = store.stripe(of: firstDeclared.object)
-            if moreDeclared.allSatisfy({ store.stripe(of: $0.object) == first }) {
-                soleStripe = first
-                store.stripes[first].lock()
-            } else {
-                // Sorted and deduplicated in one array.
-                var stripes = [first] + moreDeclared.map { store.stripe(of: $0.object) }
-                stripes.sort()
-                var kept = 0
-                for index in stripes.indices where kept == 0 || stripes[index] != stripes[kept - 1] {
-                    stripes[kept] = stripes[index]
-                    kept += 1
-                }
-                stripes.removeLast(stripes.count - kept)
-                lockedStripes = stripes
-                for stripe in lockedStripes { store.stripes[stripe].lock() }
+        if let first = declared.first.map({ store.stripe(of: $0.object) }),
+           declared.rest.allSatisfy({ store.stripe(of: $0.object) == first }) {
+            lockedStripes.append(first)                 // one stripe, the common case: no array
+        } else {
+            // Sorted and deduplicated in one array.
+            var stripes = declared.array.map { store.stripe(of: $0.object) }
+            stripes.sort()
+            var kept = 0
+            for index in stripes.indices where kept == 0 || stripes[index] != stripes[kept - 1] {
+                stripes[kept] = stripes[index]
+                kept += 1
             }
+            stripes.removeLast(stripes.count - kept)
+            for stripe in stripes { lockedStripes.append(stripe) }
         }
+        lockedStripes.forEach { store.stripes[$0].lock() }
         id = store.transactionIDs.wrappingAdd(1, ordering: .relaxed).oldValue
         phase = .started
-    }
-
-    /// Keeps `record` for `stop`.
-    private func keep(_ record: LogAppend) {
-        if firstRecord == nil { firstRecord = record } else { moreRecords.append(record) }
     }
 
     /// Appends the records of the operations performed as one log group and releases the
@@ -246,12 +230,12 @@ public final class Transaction {
         phase = .stopped
         var failure: ObjectStoreError? = nil
         if let log = store.log {
-            if let firstRecord {
+            if let first = records.first {
                 do {
-                    if moreRecords.isEmpty {
-                        try log.appendGroup(of: firstRecord, flushingFirst: flushMask, onDurable: onCommit)
+                    if records.rest.isEmpty {
+                        try log.append(first, flushingFirst: flushMask, onDurable: onCommit)
                     } else {
-                        try log.appendGroup([firstRecord] + moreRecords, flushingFirst: flushMask, onDurable: onCommit)
+                        try log.appendGroup(records.array, flushingFirst: flushMask, onDurable: onCommit)
                     }
                 } catch {
                     // Memory holds changes the log will never have: nothing more may be committed.
@@ -260,31 +244,28 @@ public final class Transaction {
                 }
             } else if let onCommit {
                 let nothing = LogAppend(type: ObjectRecordType.nothing.rawValue, transactionID: id, payload: ObjectOperation.nothing.encoded())
-                do { try log.appendGroup(of: nothing, onDurable: onCommit) } catch { failure = .log(error) }
+                do { try log.append(nothing, onDurable: onCommit) } catch { failure = .log(error) }
             }
         }
         if let reservation { store.pool.allocator.release(reservation) }
         reservation = nil
-        if soleStripe >= 0 { store.stripes[soleStripe].unlock() }
-        for stripe in lockedStripes.reversed() { store.stripes[stripe].unlock() }
-        soleStripe = -1
-        lockedStripes = []
+        lockedStripes.forEachReversed { store.stripes[$0].unlock() }
+        lockedStripes = InlineFirstList()
         store.leaveGate(transactions: 1)
-        firstRecord = nil
-        moreRecords = []
+        records = InlineFirstList()
         if let failure { throw failure }
     }
 
     private func check(_ kind: Kind, _ object: UInt64, _ what: String) {
         precondition(phase == .started, "\(what) on object \(object) outside a started transaction")
         let entry = Declared(kind: kind, object: object)
-        let isDeclared = entry == firstDeclared || (declaredSet?.contains(entry) ?? moreDeclared.contains(entry))
+        let isDeclared = declaredSet?.contains(entry) ?? declared.contains(entry)
         precondition(isDeclared, "\(what) on object \(object) was not declared in transaction \(id)")
     }
 
     private func perform(_ operation: ObjectOperation) throws(ObjectStoreError) {
         try store.apply(operation, replaying: false, tag: tag)
-        keep(LogAppend(type: operation.type.rawValue, transactionID: id, payload: operation.encoded()))
+        records.append(LogAppend(type: operation.type.rawValue, transactionID: id, payload: operation.encoded()))
     }
 
     // MARK: Operations
@@ -360,7 +341,7 @@ public final class Transaction {
             let header = payload.withUnsafeBytes { CRC32C.checksum(UnsafeRawBufferPointer(rebasing: $0[0 ..< ObjectOperation.writeInlineHeaderBytes])) }
             return CRC32C.shift4096.combine(header, data)
         }
-        keep(LogAppend(type: ObjectRecordType.writeInline.rawValue, transactionID: id, payload: payload,
+        records.append(LogAppend(type: ObjectRecordType.writeInline.rawValue, transactionID: id, payload: payload,
                                  payloadChecksum: payloadChecksum))
     }
 
@@ -475,5 +456,41 @@ extension ObjectStore {
             }
         }
         return MappedExtent(logicalOffsetBytes: logicalOffset, copies: Array(copies), birthCheckpoint: tag, chunkChecksums: checksums)
+    }
+}
+
+/// A list whose first element is held inline: a transaction that declares, locks or logs one
+/// thing (the common case) allocates no array for it.
+struct InlineFirstList<Element> {
+    private(set) var first: Element?
+    /// The elements after the first.
+    private(set) var rest: [Element] = []
+
+    var count: Int { first == nil ? 0 : 1 + rest.count }
+
+    mutating func append(_ element: Element) {
+        if first == nil { first = element } else { rest.append(element) }
+    }
+
+    func forEach(_ body: (Element) -> Void) {
+        guard let first else { return }
+        body(first)
+        rest.forEach(body)
+    }
+
+    func forEachReversed(_ body: (Element) -> Void) {
+        guard let first else { return }
+        rest.reversed().forEach(body)
+        body(first)
+    }
+
+    /// Every element in one array (allocates: for the rare case of more than one).
+    var array: [Element] { first.map { [$0] + rest } ?? [] }
+}
+
+extension InlineFirstList where Element: Equatable {
+    func contains(_ element: Element) -> Bool {
+        guard let first else { return false }
+        return first == element || rest.contains(element)
     }
 }

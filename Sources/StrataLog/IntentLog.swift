@@ -405,14 +405,17 @@ public final class IntentLog: @unchecked Sendable {
 
     // MARK: Append path
 
-    func appendBytes(type: UInt16, transactionID: UInt64, payload: UnsafeRawBufferPointer,
-                     onDurable: CommitCallback?) throws(LogError) -> LSN {
+    /// One record (the `append` variants). A record never spans batches, so it replays whole by
+    /// itself, as a group does. `givenChecksum` as `LogAppend.payloadChecksum`.
+    func appendBytes(type: UInt16, transactionID: UInt64, payload: UnsafeRawBufferPointer, givenChecksum: UInt32? = nil,
+                     flushingFirst flushMask: UInt64 = 0, onDurable: CommitCallback?) throws(LogError) -> LSN {
         precondition(type != 0, "record type 0 is reserved")
+        precondition(flushMaskIsValid(flushMask), "flush mask \(flushMask) names a device past the pool's \(pool.devices.count)")
         guard payload.count <= settings.payloadBytesMax else {
             throw .recordTooLarge(payloadBytes: payload.count, payloadBytesMax: settings.payloadBytesMax)
         }
         let size = LogBlock.recordBytes(payloadBytes: payload.count)
-        let payloadChecksum = CRC32C.checksum(payload)      // outside the lock, in parallel
+        let payloadChecksum = Self.checksum(given: givenChecksum, type: type, payload)     // outside the lock, in parallel
         monitor.lock()
         do throws(LogError) { try waitForRoomLocked(bytes: size) } catch {
             monitor.unlock()
@@ -420,6 +423,7 @@ public final class IntentLog: @unchecked Sendable {
         }
         let batch = batches[openBatch]
         let lsn = placeLocked(batch, type: type, transactionID: transactionID, payload: payload, payloadChecksum: payloadChecksum, size: size)
+        batch.flushMask |= flushMask
         if let onDurable { batch.callbacks.append(PendingCallback(lsn: lsn, callback: onDurable)) }
         let wakesWriter = settings.batchDelayNs == 0 && takeWriterWakeLocked()
         monitor.unlock()
@@ -439,36 +443,20 @@ public final class IntentLog: @unchecked Sendable {
     @discardableResult
     public func appendGroup(_ records: [LogAppend], flushingFirst flushMask: UInt64 = 0,
                             onDurable: CommitCallback? = nil) throws(LogError) -> ClosedRange<LSN> {
-        try appendGroup(count: records.count, flushingFirst: flushMask, onDurable: onDurable) { records[$0] }
-    }
-
-    /// `appendGroup` of one record, without an array to hold it (a transaction that changed one
-    /// thing, the common case, allocates none).
-    @discardableResult
-    public func appendGroup(of record: LogAppend, flushingFirst flushMask: UInt64 = 0,
-                            onDurable: CommitCallback? = nil) throws(LogError) -> ClosedRange<LSN> {
-        try appendGroup(count: 1, flushingFirst: flushMask, onDurable: onDurable) { _ in record }
-    }
-
-    /// The group `record(0) … record(count − 1)`.
-    private func appendGroup(count: Int, flushingFirst flushMask: UInt64, onDurable: CommitCallback?,
-                             _ record: (Int) -> LogAppend) throws(LogError) -> ClosedRange<LSN> {
-        precondition(flushMask == 0 || (pool.devices.count >= 64 || flushMask >> UInt64(pool.devices.count) == 0),
-                     "flush mask \(flushMask) names a device past the pool's \(pool.devices.count)")
-        precondition(count > 0 && (0..<count).allSatisfy { record($0).type != 0 }, "an empty group or record type 0")
-        let total = (0..<count).reduce(0) { $0 + LogBlock.recordBytes(payloadBytes: record($1).payload.count) }
+        precondition(flushMaskIsValid(flushMask), "flush mask \(flushMask) names a device past the pool's \(pool.devices.count)")
+        precondition(!records.isEmpty && records.allSatisfy { $0.type != 0 }, "an empty group or record type 0")
+        let total = records.reduce(0) { $0 + LogBlock.recordBytes(payloadBytes: $1.payload.count) }
         guard total <= settings.batchBytesMax - LogBlock.headerBytes else {
             throw .recordTooLarge(payloadBytes: total - LogBlock.recordHeaderBytes, payloadBytesMax: settings.payloadBytesMax)
         }
         // Payload checksums before the lock, in parallel with other appenders (a group is a
         // handful of records; more than 16 is rare and computes the rest under the lock).
         var checksums: (UInt64, UInt64, UInt64, UInt64, UInt64, UInt64, UInt64, UInt64) = (0, 0, 0, 0, 0, 0, 0, 0)
-        let precomputed = min(count, 16)
+        let precomputed = min(records.count, 16)
         withUnsafeMutableBytes(of: &checksums) { raw in
             let slots = raw.bindMemory(to: UInt32.self)
             for index in 0..<precomputed {
-                let entry = record(index)
-                slots[index] = entry.payload.withUnsafeBytes { Self.checksum(of: entry, $0) }
+                slots[index] = records[index].payload.withUnsafeBytes { Self.checksum(of: records[index], $0) }
             }
         }
         monitor.lock()
@@ -481,11 +469,10 @@ public final class IntentLog: @unchecked Sendable {
         var last: LSN = 0
         withUnsafeBytes(of: &checksums) { raw in
             let slots = raw.bindMemory(to: UInt32.self)
-            for index in 0..<count {
-                let entry = record(index)
-                last = entry.payload.withUnsafeBytes { payload in
-                    placeLocked(batch, type: entry.type, transactionID: entry.transactionID, payload: payload,
-                                payloadChecksum: index < precomputed ? slots[index] : Self.checksum(of: entry, payload),
+            for (index, record) in records.enumerated() {
+                last = record.payload.withUnsafeBytes { payload in
+                    placeLocked(batch, type: record.type, transactionID: record.transactionID, payload: payload,
+                                payloadChecksum: index < precomputed ? slots[index] : Self.checksum(of: record, payload),
                                 size: LogBlock.recordBytes(payloadBytes: payload.count))
                 }
                 if first == 0 { first = last }
@@ -499,10 +486,33 @@ public final class IntentLog: @unchecked Sendable {
         return first...last
     }
 
+    /// One record, with `appendGroup`'s options (a given checksum, devices to flush first):
+    /// what a transaction that changed one thing appends, with no array to hold it.
+    @discardableResult
+    public func append(_ record: LogAppend, flushingFirst flushMask: UInt64 = 0,
+                       onDurable: CommitCallback? = nil) throws(LogError) -> LSN {
+        let result: Result<LSN, LogError> = record.payload.withUnsafeBytes { raw in
+            do throws(LogError) {
+                return .success(try appendBytes(type: record.type, transactionID: record.transactionID, payload: raw,
+                                                givenChecksum: record.payloadChecksum, flushingFirst: flushMask, onDurable: onDurable))
+            } catch { return .failure(error) }
+        }
+        return try result.get()
+    }
+
+    /// Whether `flushMask` names only devices of the pool (bit i = device i; any bit with 64+).
+    private func flushMaskIsValid(_ flushMask: UInt64) -> Bool {
+        flushMask == 0 || pool.devices.count >= 64 || flushMask >> UInt64(pool.devices.count) == 0
+    }
+
     /// A record's payload checksum: the one it carries (checked in debug builds) or computed.
     private static func checksum(of record: LogAppend, _ payload: UnsafeRawBufferPointer) -> UInt32 {
-        guard let given = record.payloadChecksum else { return CRC32C.checksum(payload) }
-        assert(given == CRC32C.checksum(payload), "record of type \(record.type): payload checksum given wrong")
+        checksum(given: record.payloadChecksum, type: record.type, payload)
+    }
+
+    private static func checksum(given: UInt32?, type: UInt16, _ payload: UnsafeRawBufferPointer) -> UInt32 {
+        guard let given else { return CRC32C.checksum(payload) }
+        assert(given == CRC32C.checksum(payload), "record of type \(type): payload checksum given wrong")
         return given
     }
 
